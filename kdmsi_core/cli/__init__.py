@@ -1,0 +1,1 @@
+"""The ``kdmsi-geo`` command line: a thin click layer over library functions."""

@@ -1,0 +1,7 @@
+"""placeholder"""
+import click
+
+
+@click.command("train")
+def command() -> None:
+    """Not yet available."""

@@ -1,0 +1,1 @@
+"""Training, data sets, evaluation and the default-model recipe (installed as ``kdmsi_train``)."""
