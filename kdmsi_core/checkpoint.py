@@ -1,0 +1,176 @@
+"""The checkpoint contract: one ``.safetensors`` file, tensors plus a JSON ``kdmsi`` entry.
+
+The JSON carries everything needed to run the network (format version, network config,
+bands and their normalisation, training tile size, MSI scales, calibrated threshold and a
+summary of the training data). Loading never unpickles code, and a file whose tensors do
+not fit its declared network is refused instead of silently running the wrong fusion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from kdmsi_core.errors import CheckpointError
+from kdmsi_core.model import NetworkConfig, SiameseCAM
+from kdmsi_core.msi import DEFAULT_SCALES
+from kdmsi_core.normalize import Normalization
+
+FORMAT = "kdmsi-geo"
+FORMAT_VERSION = 1
+STUDENT = "student."
+TEACHER = "teacher."
+
+
+@dataclass
+class ModelCard:
+    """The checkpoint's metadata, as a typed object."""
+
+    network: NetworkConfig
+    normalization: Normalization
+    tile_size: int
+    threshold: float
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    band_names: tuple[str, ...] = ("red", "green", "blue")
+    threshold_rule: str = ""
+    teacher_combination: str | None = None
+    training: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format_version": FORMAT_VERSION,
+            "network": self.network.to_dict(),
+            "bands": {"count": self.network.in_channels, "names": list(self.band_names)},
+            "normalization": self.normalization.to_dict(),
+            "tile_size": self.tile_size,
+            "scales": list(self.scales),
+            "threshold": self.threshold,
+            "threshold_rule": self.threshold_rule,
+            "teacher_combination": self.teacher_combination,
+            "training": self.training,
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        d = json.loads(text)
+        if d.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"This checkpoint has format version {d.get('format_version')}, but this "
+                f"kdmsi-geo reads version {FORMAT_VERSION}; retrain or upgrade kdmsi-geo."
+            )
+        network = NetworkConfig(**d["network"])
+        names = tuple(d["bands"]["names"])
+        if d["bands"]["count"] != network.in_channels or len(names) != network.in_channels:
+            raise CheckpointError("The checkpoint's band list does not match its network's "
+                                  "input channels; the file is inconsistent, retrain it.")
+        return cls(network, Normalization.from_dict(d["normalization"]), int(d["tile_size"]),
+                   float(d["threshold"]), tuple(float(s) for s in d["scales"]), names,
+                   d.get("threshold_rule", ""), d.get("teacher_combination"),
+                   d.get("training", {}))
+
+
+@dataclass
+class LoadedModel:
+    """A student network in eval mode on its device, with its card."""
+
+    model: SiameseCAM
+    card: ModelCard
+    path: Path
+    device: torch.device
+
+
+def default_model_path() -> Path:
+    """The model embedded in the package, trained on generated scenes."""
+    return Path(str(resources.files("kdmsi_core") / "models" / "default.safetensors"))
+
+
+def save_checkpoint(path: str | os.PathLike, student: SiameseCAM, card: ModelCard,
+                    teacher: SiameseCAM | None = None) -> Path:
+    """Write atomically (temporary name, then rename) so a crash leaves no half file."""
+    path = Path(path)
+    tensors = {STUDENT + k: v.detach().cpu().contiguous()
+               for k, v in student.state_dict().items()}
+    if teacher is not None:
+        tensors.update({TEACHER + k: v.detach().cpu().contiguous()
+                        for k, v in teacher.state_dict().items()})
+    fd, tmp = tempfile.mkstemp(prefix=".kdmsi-", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": FORMAT, "kdmsi": card.to_json()})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_card(path: str | os.PathLike) -> ModelCard:
+    """The metadata of a checkpoint, without building a network."""
+    return _open(Path(path))[0]
+
+
+def _open(path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+    if not path.is_file():
+        raise CheckpointError(f"The model file {path} does not exist; give the path of a "
+                              "kdmsi .safetensors checkpoint or omit --model.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT or "kdmsi" not in meta:
+                raise CheckpointError(f"{path} is a safetensors file but not a kdmsi-geo "
+                                      "checkpoint; train one with `kdmsi-geo train`.")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a kdmsi-geo checkpoint (not a readable "
+                              f"safetensors file: {exc}); give a model made by "
+                              "`kdmsi-geo train`.") from None
+    try:
+        card = ModelCard.from_json(meta["kdmsi"])
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"The metadata of {path} is incomplete or invalid ({exc}); "
+                              "the file is damaged or from another program.") from None
+    return card, tensors
+
+
+def _load_into(network: SiameseCAM, tensors: dict[str, torch.Tensor], prefix: str,
+               path: Path) -> None:
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    own = network.state_dict()
+    wrong = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    extra = [k for k in state if k not in own]
+    if wrong or extra:
+        cfg = network.config
+        raise CheckpointError(
+            f"The weights in {path} do not fit the network its metadata declares "
+            f"({cfg.backbone}, {cfg.combination} fusion, {cfg.in_channels} bands): "
+            f"{len(wrong)} tensors missing or of another shape, {len(extra)} unexpected; "
+            "the file was edited or written for another configuration."
+        )
+    network.load_state_dict(state, strict=True)
+
+
+def load_checkpoint(path: str | os.PathLike | None = None, device: torch.device | str = "cpu",
+                    teacher: bool = False) -> LoadedModel:
+    """Build the student (or the teacher) a checkpoint declares and load its weights."""
+    path = Path(path) if path is not None else default_model_path()
+    card, tensors = _open(path)
+    prefix = TEACHER if teacher else STUDENT
+    config = card.network
+    if teacher:
+        if card.teacher_combination is None or not any(k.startswith(TEACHER) for k in tensors):
+            raise CheckpointError(f"{path} holds no teacher network; save it with the teacher.")
+        config = NetworkConfig(config.backbone, card.teacher_combination, config.in_channels,
+                               config.strides)
+    network = SiameseCAM(config)
+    _load_into(network, tensors, prefix, path)
+    device = torch.device(device)
+    network.to(device).eval()
+    return LoadedModel(network, card, path, device)

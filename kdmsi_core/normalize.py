@@ -1,0 +1,55 @@
+"""Band normalisation as a checkpoint records it: a value range mapped to [0, 1], then mean/std.
+
+The paper normalises 8-bit images with mean 0.5 and std 0.5 after scaling to [0, 1]; the
+range makes the same rule explicit for 16-bit or float data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """``((x - low) / (high - low) - mean) / std`` per band, values clipped to the range first."""
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def for_dtype(cls, dtype: str, bands: int) -> Normalization:
+        """The paper's rule for the full range of an integer type (uint8: 0..255)."""
+        info = np.iinfo(np.dtype(dtype)) if np.dtype(dtype).kind in "ui" else None
+        low, high = (float(info.min), float(info.max)) if info else (0.0, 1.0)
+        return cls((low,) * bands, (high,) * bands, (0.5,) * bands, (0.5,) * bands)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normalization:
+        return cls(*(tuple(float(v) for v in d[k]) for k in ("low", "high", "mean", "std")))
+
+    def to_dict(self) -> dict:
+        return {k: list(v) for k, v in asdict(self).items()}
+
+    @property
+    def bands(self) -> int:
+        return len(self.low)
+
+    def with_range(self, low: tuple[float, ...], high: tuple[float, ...]) -> Normalization:
+        """The same mean/std on another input range (e.g. a 16-bit raster's stretch)."""
+        return Normalization(tuple(low), tuple(high), self.mean, self.std)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise a float tensor shaped (..., C, H, W)."""
+        shape = (-1, 1, 1)
+
+        def t(v: tuple[float, ...]) -> torch.Tensor:
+            return torch.tensor(v, dtype=torch.float32, device=x.device).view(shape)
+
+        low, high = t(self.low), t(self.high)
+        scaled = ((x.float() - low) / (high - low).clamp_min(1e-12)).clamp(0.0, 1.0)
+        return (scaled - t(self.mean)) / t(self.std)
