@@ -1,7 +1,49 @@
-"""placeholder"""
+"""``kdmsi-geo evaluate``: change-class metrics of a checkpoint on a split with masks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
 import click
+
+from kdmsi_core.progress import make_progress
+
+COLUMNS = ("precision", "recall", "f1", "iou", "overall_accuracy", "kappa")
+
+
+def format_table(results: dict) -> str:
+    """A fixed-width table, one row per inference method."""
+    lines = [f"{results['tiles']} tiles of split '{results['split']}' in {results['data']}; "
+             "change-class metrics (see README, 'Metrics')",
+             f"{'method':<12}{'thr':>6}" + "".join(f"{c[:9]:>10}" for c in COLUMNS)]
+    for method, m in results["methods"].items():
+        lines.append(f"{method:<12}{m['threshold']:>6.3f}"
+                     + "".join(f"{m[c]:>10.4f}" for c in COLUMNS))
+    return "\n".join(lines)
 
 
 @click.command("evaluate")
-def command() -> None:
-    """Not yet available."""
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--model", type=click.Path(path_type=Path),
+              help="Checkpoint (.safetensors); the embedded default model if omitted.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1),
+              help="Override the checkpoint's calibrated threshold.")
+@click.option("--scales", help="MSI scales, e.g. 0.5,1,1.25,2 (default: the checkpoint's).")
+@click.option("--teacher", is_flag=True, help="Also evaluate the teacher CAM (if stored).")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def command(data_dir, model, split, threshold, scales, teacher, batch_size, device,
+            as_json) -> None:
+    """Precision, recall, F1, IoU (change class), overall accuracy and kappa on DATA_DIR."""
+    from kdmsi_train.evaluate import evaluate
+
+    progress = make_progress("none" if as_json else "bar")
+    parsed = tuple(float(v) for v in scales.split(",")) if scales else None
+    results = evaluate(data_dir, model, split, batch_size, device, threshold, parsed, teacher,
+                       progress)
+    if hasattr(progress, "close"):
+        progress.close()
+    click.echo(json.dumps(results, indent=2) if as_json else format_table(results))

@@ -1,7 +1,93 @@
-"""placeholder"""
+"""``kdmsi-geo train``: a KD-MSI model from image-level labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
 import click
+
+from kdmsi_core.errors import ParameterError
+from kdmsi_core.progress import make_progress
+
+
+def _strides(value: str) -> tuple[int, int, int, int]:
+    try:
+        parts = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 4 or any(p not in (1, 2) for p in parts):
+        raise ParameterError(f"--strides {value!r} must be four values of 1 or 2, e.g. 2,2,2,1.")
+    return parts  # type: ignore[return-value]
 
 
 @click.command("train")
-def command() -> None:
-    """Not yet available."""
+@click.argument("data_dir", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Checkpoint to write (.safetensors).")
+@click.option("--t1", type=click.Path(path_type=Path), help="GIS form: the earlier GeoTIFF.")
+@click.option("--t2", type=click.Path(path_type=Path), help="GIS form: the later GeoTIFF.")
+@click.option("--labels", type=click.Path(path_type=Path),
+              help="GIS form: polygons with an integer field 'changed' (1 changed, 0 not).")
+@click.option("--tile-size", default=128, show_default=True,
+              help="GIS form: training tile size in pixels.")
+@click.option("--samples", default=2000, show_default=True,
+              help="GIS form: number of training tiles sampled inside the label areas.")
+@click.option("--backbone", default="resnet18n", show_default=True,
+              type=click.Choice(["resnet18n", "resnet18", "resnet34", "resnet50"]))
+@click.option("--teacher", default="abs", show_default=True,
+              type=click.Choice(["cat", "minus", "abs"]), help="Teacher fusion.")
+@click.option("--student", default="cat", show_default=True,
+              type=click.Choice(["cat", "minus", "abs"]), help="Student fusion.")
+@click.option("--strides", default="2,2,2,1", show_default=True,
+              help="Strides of conv1, layer2, layer3, layer4 (2,2,2,1: output stride 16).")
+@click.option("--pretrained", type=click.Path(path_type=Path),
+              help="Local torchvision ResNet state dict (.pth) to start the backbones from.")
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--optimizer", default="adamw", show_default=True,
+              type=click.Choice(["adamw", "sgd"]),
+              help="adamw trains from scratch reliably; sgd is the paper's recipe (momentum "
+                   "0.9, Nesterov) for pretrained backbones.")
+@click.option("--lr", type=float, help="Base learning rate (default 1e-3).")
+@click.option("--weight-decay", default=1e-4, show_default=True)
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Random flips, rot90 and date swap, identical for both dates.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--keep-teacher", is_flag=True, help="Store the teacher too (for evaluation).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--progress", "progress_kind", default="bar", show_default=True,
+              type=click.Choice(["bar", "json", "none"]))
+def command(data_dir, output, t1, t2, labels, tile_size, samples, backbone, teacher, student,
+            strides, pretrained, epochs, batch_size, optimizer, lr, weight_decay, augment,
+            seed, device, keep_teacher, overwrite, progress_kind) -> None:
+    """Train teacher and student jointly on DATA_DIR (A/, B/, list/) or on --t1/--t2/--labels.
+
+    Only image-level labels are used: model selection takes the epoch with the lowest
+    validation loss and the change threshold is calibrated from image labels alone.
+    """
+    from kdmsi_train.fit import fit_areas, fit_tile_folder
+    from kdmsi_train.trainer import TrainConfig
+
+    config = TrainConfig(backbone=backbone, teacher=teacher, student=student,
+                         strides=_strides(strides), epochs=epochs, batch_size=batch_size,
+                         optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment,
+                         seed=seed, device=device,
+                         pretrained=str(pretrained) if pretrained else None)
+    gis = [t1, t2, labels]
+    progress = make_progress(progress_kind)
+    if any(v is not None for v in gis):
+        if data_dir is not None or any(v is None for v in gis):
+            raise ParameterError("Give either DATA_DIR or all of --t1, --t2 and --labels.")
+        path, card = fit_areas(t1, t2, labels, output, config, tile_size=tile_size,
+                               samples=samples, overwrite=overwrite, keep_teacher=keep_teacher,
+                               progress=progress)
+    elif data_dir is None:
+        raise ParameterError("Give a data folder (A/, B/, list/) or --t1, --t2 and --labels.")
+    else:
+        path, card = fit_tile_folder(data_dir, output, config, overwrite=overwrite,
+                                     keep_teacher=keep_teacher, progress=progress)
+    if hasattr(progress, "close"):
+        progress.close()
+    click.echo(f"Wrote {path} (threshold {card.threshold:.3f}, best epoch "
+               f"{card.training['best_epoch']}).")

@@ -1,0 +1,163 @@
+"""Training and evaluation data: the tile-folder layout of the public WSCD data sets.
+
+``A/`` (t1), ``B/`` (t2), optional ``label/`` (0/255 masks, evaluation only) and
+``list/{split}.txt`` plus ``list/{split}_label.txt`` (``name.png,...,0|1``, label last).
+Tiles are read through rasterio, so PNG, JPEG and GeoTIFF tiles all work.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+from kdmsi_core.errors import DataError
+
+PRELOAD_LIMIT_BYTES = 1_500_000_000
+
+
+def read_tile(path: Path) -> np.ndarray:
+    """A tile as an array (bands, H, W); a clear error when it is missing or unreadable."""
+    if not path.is_file():
+        raise DataError(f"The tile {path} listed in the data set does not exist; fix the list "
+                        "file or add the tile.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                return ds.read()
+    except RasterioIOError:
+        raise DataError(f"The tile {path} is not a readable image; replace it.") from None
+
+
+def _read_names(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _parse_labels(path: Path) -> dict[str, int]:
+    labels: dict[str, int] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) < 2 or fields[-1] not in ("0", "1"):
+            raise DataError(f"Line {number} of {path} does not parse as 'name.png,...,0|1' "
+                            f"({line.strip()!r}); fix the line.")
+        labels[fields[0]] = int(fields[-1])
+    return labels
+
+
+@dataclass
+class TileFolder:
+    """One split of a tile-folder data set: names, image-level labels, optional masks."""
+
+    root: Path
+    split: str
+    names: list[str]
+    labels: np.ndarray | None
+    has_masks: bool
+
+    @classmethod
+    def open(cls, root: str | Path, split: str = "train", need_labels: bool = True,
+             need_masks: bool = False) -> TileFolder:
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"The data folder {root} does not exist.")
+        for sub in ("A", "B"):
+            if not (root / sub).is_dir():
+                raise DataError(f"The data folder {root} has no {sub}/ folder; it needs A/ (t1), "
+                                "B/ (t2) and list/ as in LEVIR-CD or WHU-CD.")
+        list_file = root / "list" / f"{split}.txt"
+        label_file = root / "list" / f"{split}_label.txt"
+        if list_file.is_file():
+            names = _read_names(list_file)
+        elif label_file.is_file():
+            names = list(_parse_labels(label_file))
+        else:
+            raise DataError(f"The data folder {root} has no list/{split}.txt; list the tile "
+                            f"names of the {split} split there.")
+        if not names:
+            raise DataError(f"{list_file} lists no tiles.")
+        labels = None
+        if label_file.is_file():
+            parsed = _parse_labels(label_file)
+            missing = [n for n in names if n not in parsed]
+            if missing:
+                raise DataError(f"{label_file} has no label for {missing[0]} (and "
+                                f"{len(missing) - 1} more); every listed tile needs one.")
+            labels = np.array([parsed[n] for n in names], dtype=np.float32)
+        elif need_labels:
+            raise DataError(f"The data folder {root} has no list/{split}_label.txt with "
+                            "image-level labels ('name.png,0|1' per line); training needs it.")
+        has_masks = (root / "label").is_dir()
+        if need_masks and not has_masks:
+            raise DataError(f"The data folder {root} has no label/ folder of change masks; "
+                            "evaluation needs pixel masks.")
+        return cls(root, split, names, labels, has_masks)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """t1 and t2 of tile ``i``; tiles of different shapes are refused."""
+        name = self.names[i]
+        a, b = read_tile(self.root / "A" / name), read_tile(self.root / "B" / name)
+        if a.shape != b.shape:
+            raise DataError(f"The tiles A/{name} {a.shape[1]}x{a.shape[2]}x{a.shape[0]} and "
+                            f"B/{name} {b.shape[1]}x{b.shape[2]}x{b.shape[0]} differ in size or "
+                            "bands; both dates must be co-registered tiles of one size.")
+        return a, b
+
+    def mask(self, i: int) -> np.ndarray:
+        """The change mask of tile ``i`` as bool (H, W): any non-zero value is change."""
+        return read_tile(self.root / "label" / self.names[i])[0] > 0
+
+
+
+class PairStore:
+    """The pairs of one split: held in memory when they fit, otherwise read per batch."""
+
+    def __init__(self, folder: TileFolder) -> None:
+        self.folder = folder
+        first, _ = folder.pair(0)
+        self.shape = first.shape
+        self.dtype = first.dtype
+        self._a: np.ndarray | None = None
+        self._b: np.ndarray | None = None
+        if first.nbytes * 2 * len(folder) <= PRELOAD_LIMIT_BYTES:
+            self._a, self._b = self._read(range(len(folder)))
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return self.folder.labels
+
+    @property
+    def split(self) -> str:
+        return self.folder.split
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def _read(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        indices = list(indices)
+        a = np.empty((len(indices), *self.shape), dtype=self.dtype)
+        b = np.empty_like(a)
+        for j, i in enumerate(indices):
+            ta, tb = self.folder.pair(i)
+            if ta.shape != self.shape:
+                names = self.folder.names
+                raise DataError(f"The tile {names[i]} is {ta.shape[2]}x{ta.shape[1]}x{ta.shape[0]}"
+                                f" but {names[0]} is {self.shape[2]}x{self.shape[1]}x"
+                                f"{self.shape[0]}; all tiles of a data set must have one size.")
+            a[j], b[j] = ta, tb
+        return a, b
+
+    def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """t1 and t2 of the given tiles, stacked (B, C, H, W)."""
+        if self._a is not None and self._b is not None:
+            return self._a[indices], self._b[indices]
+        return self._read(indices)

@@ -1,0 +1,115 @@
+"""From a data folder to a saved checkpoint: train, select, calibrate, save."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from kdmsi_core.checkpoint import ModelCard, save_checkpoint
+from kdmsi_core.device import resolve_device
+from kdmsi_core.errors import OutputError
+from kdmsi_core.msi import DEFAULT_SCALES
+from kdmsi_core.progress import NullProgress, Progress
+from kdmsi_train import threshold
+from kdmsi_train.datasets import PairStore, TileFolder
+from kdmsi_train.predict import iter_maps
+from kdmsi_train.trainer import TrainConfig, TrainResult, train
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Refuse an existing output or a missing folder before any work is done."""
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} already exists; choose another name or pass --overwrite.")
+    if not path.parent.is_dir():
+        raise OutputError(f"The folder {path.parent} does not exist; create it first.")
+    if path.suffix != ".safetensors":
+        raise OutputError(f"The model path {path} must end in .safetensors.")
+
+
+def calibrate_threshold(result: TrainResult, store: PairStore, device, batch_size: int,
+                        scales=DEFAULT_SCALES, method: str = "msi") -> float:
+    """The image-label-only threshold rule of :mod:`kdmsi_train.threshold` on ``store``."""
+    network = result.teacher if method == "teacher_cam" else result.student
+    hist = threshold.Histograms()
+    for idx, maps in iter_maps(network, store, result.normalization, device, method, scales,
+                               batch_size):
+        hist.update(maps, store.labels[idx])
+    return threshold.calibrate(hist)
+
+
+def fit_tile_folder(data_dir: str | Path, output: str | Path, config: TrainConfig,
+                    overwrite: bool = False, keep_teacher: bool = False,
+                    progress: Progress | None = None) -> tuple[Path, ModelCard]:
+    """Train on ``data_dir``'s train split, select and calibrate on val (train if absent)."""
+    output = Path(output)
+    check_output(output, overwrite)
+    progress = progress or NullProgress()
+    train_store = PairStore(TileFolder.open(data_dir, "train"))
+    val_store = None
+    if (Path(data_dir) / "list" / "val_label.txt").is_file():
+        val_store = PairStore(TileFolder.open(data_dir, "val"))
+    return fit(train_store, val_store, output, config, keep_teacher, progress,
+               {"data": str(data_dir)})
+
+
+def fit(train_store: PairStore, val_store: PairStore | None, output: Path, config: TrainConfig,
+        keep_teacher: bool, progress: Progress, data_summary: dict) -> tuple[Path, ModelCard]:
+    started = time.perf_counter()
+    result = train(train_store, config, val_store, progress)
+    device = resolve_device(config.device)
+    calib = val_store if val_store is not None else train_store
+    progress.update("calibrate threshold", 0, 1)
+    t = calibrate_threshold(result, calib, device, config.batch_size)
+    teacher_t = calibrate_threshold(result, calib, device, config.batch_size,
+                                    method="teacher_cam")
+    progress.update("calibrate threshold", 1, 1, f"threshold {t:.3f}")
+    labels = train_store.labels
+    card = ModelCard(
+        network=result.student.config,
+        normalization=result.normalization,
+        tile_size=result.tile_size,
+        threshold=t,
+        scales=DEFAULT_SCALES,
+        band_names=tuple(f"band{i + 1}" for i in range(result.student.config.in_channels)),
+        threshold_rule=threshold.RULE + f" (calibrated on the {calib.split} split)",
+        teacher_combination=config.teacher,
+        training={
+            **data_summary,
+            "config": {k: v for k, v in asdict(config).items() if k != "device"},
+            "train_tiles": int(len(train_store)),
+            "train_changed": int(np.sum(labels)),
+            "val_tiles": int(len(val_store)) if val_store is not None else 0,
+            "model_selection": "lowest validation loss (image labels only)" if val_store
+            else "last epoch",
+            "teacher_threshold": teacher_t,
+            "seconds": round(time.perf_counter() - started, 1),
+            **result.summary(),
+        },
+    )
+    save_checkpoint(output, result.student, card, result.teacher if keep_teacher else None)
+    return output, card
+
+
+def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | Path,
+              config: TrainConfig, tile_size: int = 128, samples: int = 2000,
+              overwrite: bool = False, keep_teacher: bool = False,
+              progress: Progress | None = None) -> tuple[Path, ModelCard]:
+    """Train on tiles sampled inside drawn label areas; 15 % of them validate."""
+    from kdmsi_train.areas import AreaStore
+
+    output = Path(output)
+    check_output(output, overwrite)
+    progress = progress or NullProgress()
+    store = AreaStore(Path(t1), Path(t2), Path(labels), tile_size, samples, config.seed)
+    order = np.random.default_rng(config.seed).permutation(len(store))
+    n_val = len(store) * 15 // 100
+    val = store.take(np.sort(order[:n_val]), "val") if n_val >= 4 else None
+    train_part = store.take(np.sort(order[n_val:]), "train") if val is not None else store
+    if val is not None and val.labels.min() == val.labels.max():
+        val = None
+        train_part = store
+    return fit(train_part, val, output, config, keep_teacher, progress,
+               {"t1": str(t1), "t2": str(t2), "labels": str(labels)})
