@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pyogrio
 import shapely
+import torch
+import torch.nn.functional as F
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError, ProjError
-from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from kdmsi_core.errors import DataError, InputError
-from kdmsi_core.raster import open_pair
+from kdmsi_core.raster import RasterPair, data_bands, open_raster
 
 MAX_DOWNSCALE = 4.0
 
@@ -103,26 +104,38 @@ def sample_windows(areas: LabelAreas, width: int, height: int, tile: int, sample
     return windows
 
 
+def _fit(x: np.ndarray, tile: int) -> np.ndarray:
+    """A window larger than a tile, averaged down to the tile size."""
+    if x.shape[-1] == tile:
+        return x
+    t = torch.from_numpy(x)[None]
+    return F.interpolate(t, size=(tile, tile), mode="area")[0].round().numpy()
+
+
 class AreaStore:
     """Tiles sampled inside label areas, held in memory as a training split."""
 
     def __init__(self, t1: Path, t2: Path, labels: Path, tile: int, samples: int,
                  seed: int = 0, split: str = "train") -> None:
         rng = np.random.default_rng(seed)
-        with open_pair(t1, t2) as pair:
-            areas = read_label_areas(labels, pair.crs, ~pair.transform)
-            windows = sample_windows(areas, pair.width, pair.height, tile, samples, rng)
+        with open_raster(t1, "t1") as src:
+            count = len(data_bands(src))
+        with RasterPair(t1, t2, None, count) as pair:
+            grid = pair.grid
+            areas = read_label_areas(labels, grid.crs, ~grid.transform)
+            windows = sample_windows(areas, grid.width, grid.height, tile, samples, rng)
             ys = np.array([y for _, y in windows], dtype=np.float32)
             if len(windows) == 0 or ys.min() == ys.max():
                 raise DataError(f"The label areas in {labels} yield {int(ys.sum())} changed and "
                                 f"{int(len(ys) - ys.sum())} unchanged tiles of {tile} px inside "
                                 "the rasters; draw both kinds, unchanged areas at least one "
                                 "tile wide.")
-            bands = pair.count
-            self._a = np.empty((len(windows), bands, tile, tile), dtype=pair.dtype)
+            dtype = np.dtype(pair.dtypes[0])
+            self._a = np.empty((len(windows), len(pair.bands), tile, tile), dtype=dtype)
             self._b = np.empty_like(self._a)
             for i, (win, _) in enumerate(windows):
-                self._a[i], self._b[i] = pair.read(win, (tile, tile), Resampling.average)
+                a, b, _valid = pair.read(win)
+                self._a[i], self._b[i] = (_fit(x, tile).astype(dtype) for x in (a, b))
         self.shape = self._a.shape[1:]
         self.dtype = self._a.dtype
         self.labels = ys
