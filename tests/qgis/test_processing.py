@@ -1,0 +1,267 @@
+"""``kdmsi:detectchanges`` through ``processing.run`` in QGIS 3.22, running the real core."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import processing
+import pytest
+from qgis.core import (
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsGeometry,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingModelAlgorithm,
+    QgsProcessingModelChildAlgorithm,
+    QgsProcessingModelChildParameterSource,
+    QgsProcessingModelOutput,
+    QgsProcessingModelParameter,
+    QgsProcessingParameterRasterLayer,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+
+ALG = "kdmsi:detectchanges"
+FAST = {"TILE_SIZE": 128, "SCALES": "1"}
+NEAR_M = 3.0
+
+
+class RecordingFeedback(QgsProcessingFeedback):
+    """Keeps what the algorithm reports, as the Processing dialog would show it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progress: list[float] = []
+        self.texts: list[str] = []
+        self.commands: list[str] = []
+        self.progressChanged.connect(self.progress.append)
+
+    def setProgressText(self, text: str) -> None:
+        self.texts.append(text)
+        super().setProgressText(text)
+
+    def pushCommandInfo(self, info: str) -> None:
+        self.commands.append(info)
+        super().pushCommandInfo(info)
+
+
+def core_children() -> list[int]:
+    """Pids of running kdmsi-geo processes started by this test process (Linux)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if int(fields["PPid"]) == os.getpid() and "detect" in cmdline and fields["State"][0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_provider_parameters_and_help(plugin) -> None:
+    registry = QgsApplication.processingRegistry()
+    assert registry.providerById("kdmsi").name() == "KD-MSI change detection"
+    alg = registry.algorithmById(ALG)
+    names = [p.name() for p in alg.parameterDefinitions()]
+    assert names == ["T1", "T2", "MODEL", "THRESHOLD", "MIN_AREA", "TILE_SIZE", "OVERLAP",
+                     "SCALES", "DEVICE", "PROBABILITY", "CHANGES"]
+    required = {p.name() for p in alg.parameterDefinitions()
+                if not p.flags() & p.FlagOptional and p.defaultValue() is None}
+    assert required == {"T1", "T2", "PROBABILITY", "CHANGES"}
+    assert all(p.help() for p in alg.parameterDefinitions())
+    assert {o.name() for o in alg.outputDefinitions()} >= {"PROBABILITY", "CHANGES"}
+    assert "arXiv 2403.05796" in alg.shortHelpString()
+    assert "Multiscale Sigmoid Inference" in alg.shortHelpString()
+
+
+def test_detects_the_change_with_the_default_model(plugin, pair, tmp_path: Path) -> None:
+    result = processing.run(ALG, {
+        "T1": pair["t1"], "T2": pair["t2"], **FAST,
+        "PROBABILITY": str(tmp_path / "probability.tif"),
+        "CHANGES": str(tmp_path / "changes.gpkg"),
+    })
+
+    t1_crs = QgsRasterLayer(pair["t1"], "t1").crs()
+    probability = QgsRasterLayer(result["PROBABILITY"], "probability")
+    changes = QgsVectorLayer(result["CHANGES"], "changes", "ogr")
+    assert probability.isValid() and changes.isValid()
+    assert probability.crs() == t1_crs == changes.crs()
+    assert t1_crs == QgsCoordinateReferenceSystem("EPSG:32633")
+    assert changes.featureCount() == result["POLYGONS"] > 0
+
+    # Polygons lie on the change: it is hit, and most detected area is on or next to it
+    # (class activation maps are blobby, hence the few metres of slack).
+    truth = _changed_area(pair["mask"])
+    detected = QgsGeometry.unaryUnion([f.geometry() for f in changes.getFeatures()])
+    assert detected.intersects(truth)
+    assert detected.intersection(truth.buffer(NEAR_M, 8)).area() > 0.5 * detected.area()
+
+
+def test_all_options_progress_and_processing_setting(plugin, pair, random_model,
+                                                      monkeypatch) -> None:
+    from processing.core.ProcessingConfig import ProcessingConfig
+
+    # The Processing option wins over the environment variable and the PATH.
+    ProcessingConfig.setSettingValue("KDMSI_GEO_EXECUTABLE", os.environ["KDMSI_GEO_EXECUTABLE"])
+    monkeypatch.setenv("KDMSI_GEO_EXECUTABLE", "/nonexistent/kdmsi-geo")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    feedback = RecordingFeedback()
+    result = processing.run(ALG, {
+        "T1": pair["t1"], "T2": pair["t2"], "MODEL": random_model, "THRESHOLD": 0.6,
+        "MIN_AREA": 2.0, "TILE_SIZE": 128, "OVERLAP": 16, "SCALES": "1, 0.5", "DEVICE": "cpu",
+        "PROBABILITY": "TEMPORARY_OUTPUT", "CHANGES": "TEMPORARY_OUTPUT",
+    }, feedback=feedback)
+
+    command = feedback.commands[-1]
+    for option in ("--model", "--threshold 0.6", "--min-area 2.0", "--tile-size 128",
+                   "--overlap 16", "--scales 1,0.5", "--device cpu", "--progress json"):
+        assert option in command
+    assert feedback.progress and feedback.progress[-1] == 100
+    assert feedback.texts
+    assert QgsRasterLayer(result["PROBABILITY"], "p").isValid()
+    assert Path(result["CHANGES"]).suffix == ".gpkg"
+    assert QgsVectorLayer(result["CHANGES"], "c", "ogr").isValid()
+
+
+def test_runs_as_a_step_of_a_graphical_model(plugin, pair, random_model,
+                                             tmp_path: Path) -> None:
+    model = QgsProcessingModelAlgorithm("change model", "tests")
+    for name in ("before", "after"):
+        model.addModelParameter(QgsProcessingParameterRasterLayer(name, name),
+                                QgsProcessingModelParameter(name))
+    step = QgsProcessingModelChildAlgorithm(ALG)
+    step.setChildId("detect")
+    sources = {"T1": QgsProcessingModelChildParameterSource.fromModelParameter("before"),
+               "T2": QgsProcessingModelChildParameterSource.fromModelParameter("after")}
+    sources.update({name: QgsProcessingModelChildParameterSource.fromStaticValue(value)
+                    for name, value in (("MODEL", random_model), *FAST.items())})
+    for name, source in sources.items():
+        step.addParameterSources(name, [source])
+    outputs = {}
+    for name in ("PROBABILITY", "CHANGES"):
+        outputs[name.lower()] = QgsProcessingModelOutput(name.lower())
+        outputs[name.lower()].setChildId("detect")
+        outputs[name.lower()].setChildOutputName(name)
+    step.setModelOutputs(outputs)
+    model.addChildAlgorithm(step)
+    model.updateDestinationParameters()
+
+    result = processing.run(model, {
+        "before": pair["t1"], "after": pair["t2"],
+        "detect:probability": str(tmp_path / "probability.tif"),
+        "detect:changes": str(tmp_path / "changes.gpkg"),
+    })
+    assert QgsRasterLayer(result["detect:probability"], "p").isValid()
+    assert QgsVectorLayer(result["detect:changes"], "c", "ogr").isValid()
+
+
+def test_cancel_stops_the_core_and_leaves_no_outputs(plugin, large_pair, random_model,
+                                                     tmp_path: Path) -> None:
+    feedback = RecordingFeedback()
+    seen: dict[str, object] = {}
+
+    def cancel_once_running(progress: float) -> None:
+        if "at" not in seen and 0 < progress < 100:
+            seen["pids"] = core_children()
+            seen["at"] = time.monotonic()
+            feedback.cancel()
+
+    feedback.progressChanged.connect(cancel_once_running)
+    outputs = [tmp_path / "probability.tif", tmp_path / "changes.gpkg"]
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        processing.run(ALG, {
+            "T1": large_pair["t1"], "T2": large_pair["t2"], "MODEL": random_model,
+            "TILE_SIZE": 128, "SCALES": "0.5,1,1.25,2",
+            "PROBABILITY": str(outputs[0]), "CHANGES": str(outputs[1]),
+        }, feedback=feedback)
+    stopped = time.monotonic() - seen["at"]
+
+    assert seen["pids"], "the core was not running when the run was cancelled"
+    assert stopped < 2.0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in seen["pids"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_executable_says_how_to_install(plugin, pair, tmp_path: Path,
+                                               monkeypatch) -> None:
+    monkeypatch.setenv("KDMSI_GEO_EXECUTABLE", str(tmp_path / "no-such-kdmsi-geo"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(QgsProcessingException) as raised:
+        processing.run(ALG, {"T1": pair["t1"], "T2": pair["t2"],
+                             "PROBABILITY": "TEMPORARY_OUTPUT", "CHANGES": "TEMPORARY_OUTPUT"})
+    message = str(raised.value)
+    assert "kdmsi-geo command was not found" in message
+    assert "no-such-kdmsi-geo" in message
+    assert "pip install kdmsi-geo" in message
+    assert "Processing > Options > Providers > KD-MSI change detection" in message
+
+
+def test_executable_that_cannot_start_is_reported(plugin, pair, tmp_path: Path,
+                                                  monkeypatch) -> None:
+    # What is left when the Python environment kdmsi-geo was installed into is removed.
+    orphan = tmp_path / "kdmsi-geo"
+    orphan.write_text("#!/removed/kdmsi-env/bin/python\n")
+    orphan.chmod(0o755)
+    monkeypatch.setenv("KDMSI_GEO_EXECUTABLE", str(orphan))
+    with pytest.raises(QgsProcessingException, match="could not be started") as raised:
+        processing.run(ALG, {"T1": pair["t1"], "T2": pair["t2"],
+                             "PROBABILITY": "TEMPORARY_OUTPUT", "CHANGES": "TEMPORARY_OUTPUT"})
+    assert str(orphan) in str(raised.value) and "pip install kdmsi-geo" in str(raised.value)
+
+
+def test_core_errors_reach_the_user_verbatim(plugin, pair, core_executable,
+                                             tmp_path: Path) -> None:
+    not_a_model = tmp_path / "broken.safetensors"
+    not_a_model.write_text("this is not a checkpoint")
+    direct = subprocess.run(
+        [core_executable, "detect", pair["t1"], pair["t2"], "-o", str(tmp_path / "c.gpkg"),
+         "--probability", str(tmp_path / "p.tif"), "--model", str(not_a_model)],
+        capture_output=True, text=True,
+        env={k: v for k, v in os.environ.items() if k not in ("PROJ_DATA", "PROJ_LIB")})
+    assert direct.returncode != 0 and direct.stderr.startswith("Error: ")
+    sentence = direct.stderr.strip().splitlines()[-1][len("Error: "):]
+
+    with pytest.raises(QgsProcessingException) as raised:
+        processing.run(ALG, {"T1": pair["t1"], "T2": pair["t2"], "MODEL": str(not_a_model),
+                             "PROBABILITY": "TEMPORARY_OUTPUT", "CHANGES": "TEMPORARY_OUTPUT"})
+    assert str(raised.value) == sentence
+
+
+def test_missing_model_is_caught_before_the_core_starts(plugin, pair, tmp_path: Path,
+                                                        monkeypatch) -> None:
+    # Were the core looked for or started, the error would be about the executable.
+    monkeypatch.setenv("KDMSI_GEO_EXECUTABLE", str(tmp_path / "no-such-kdmsi-geo"))
+    with pytest.raises(QgsProcessingException, match="does not exist") as raised:
+        processing.run(ALG, {"T1": pair["t1"], "T2": pair["t2"],
+                             "MODEL": str(tmp_path / "missing.safetensors"),
+                             "PROBABILITY": "TEMPORARY_OUTPUT", "CHANGES": "TEMPORARY_OUTPUT"})
+    assert "missing.safetensors" in str(raised.value)
+    assert not core_children()
+
+
+def test_web_layers_are_refused_with_a_clear_message(plugin, pair, qgis_new_project) -> None:
+    xyz = QgsRasterLayer("type=xyz&url=http://127.0.0.1:9/%7Bz%7D/%7Bx%7D/%7By%7D.png"
+                         "&zmin=0&zmax=19", "Basemap", "wms")
+    assert xyz.isValid()
+    qgis_new_project.addMapLayer(xyz)
+    with pytest.raises(QgsProcessingException, match="needs local rasters") as raised:
+        processing.run(ALG, {"T1": xyz, "T2": pair["t2"],
+                             "PROBABILITY": "TEMPORARY_OUTPUT", "CHANGES": "TEMPORARY_OUTPUT"})
+    assert "Basemap" in str(raised.value)
+
+
+def _changed_area(mask_path: str) -> QgsGeometry:
+    """The true change region of a synthetic pair as one QGIS geometry, made by QGIS."""
+    result = processing.run("gdal:polygonize", {
+        "INPUT": mask_path, "BAND": 1, "FIELD": "DN", "OUTPUT": "TEMPORARY_OUTPUT"})
+    layer = QgsVectorLayer(result["OUTPUT"], "mask", "ogr")
+    return QgsGeometry.unaryUnion(
+        [f.geometry() for f in layer.getFeatures() if f["DN"] == 1])
