@@ -40,7 +40,14 @@ class JsonLinesProgress:
         self.stream = stream or sys.stdout
 
     def update(self, stage: str, done: int, total: int, message: str = "") -> None:
-        record = {"stage": stage, "done": int(done), "total": int(total), "message": message}
+        self._write({"stage": stage, "done": int(done), "total": int(total), "message": message})
+
+    def finish(self, message: str, summary: dict) -> None:
+        """The last line of a successful run: stage ``done`` with the run's ``summary``."""
+        self._write({"stage": "done", "done": 1, "total": 1, "message": message,
+                     "summary": summary})
+
+    def _write(self, record: dict) -> None:
         self.stream.write(json.dumps(record) + "\n")
         self.stream.flush()
 
@@ -72,6 +79,12 @@ class BarProgress:
             bar.set_postfix_str(message, refresh=False)
         bar.refresh()
 
+    def finish(self, message: str, summary: dict) -> None:
+        """Close the bar and tell the person what was written."""
+        self.close()
+        self.stream.write(message + "\n")
+        self.stream.flush()
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
@@ -79,6 +92,16 @@ class BarProgress:
 
     def is_cancelled(self) -> bool:
         return False
+
+
+def report_done(progress: Progress, message: str, summary: dict) -> None:
+    """End a successful run: renderers with a ``finish`` method get the summary, the others
+    (any object following :class:`Progress`) a last ``done`` update."""
+    finish = getattr(progress, "finish", None)
+    if finish is not None:
+        finish(message, summary)
+    else:
+        progress.update("done", 1, 1, message)
 
 
 def check_cancelled(progress: Progress) -> None:

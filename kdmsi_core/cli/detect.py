@@ -1,7 +1,73 @@
-"""placeholder"""
+"""``kdmsi-geo detect``: a thin layer over :func:`kdmsi_core.pipeline.detect`."""
+
+from __future__ import annotations
+
 import click
 
+from kdmsi_core.cli import options
+from kdmsi_core.progress import make_progress, report_done
+from kdmsi_core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
-@click.command("detect")
-def command() -> None:
-    """Not yet available."""
+
+def summary_message(summary: dict) -> str:
+    """One line a person can read: what was found and where everything went."""
+    prob = summary["probability"] + (" (default path)" if summary["probability_defaulted"]
+                                     else "")
+    text = (f"{summary['polygons']} change polygon(s), {summary['changed_area_m2']:.1f} m², "
+            f"written to {summary['changes']}; probability: {prob}")
+    if summary["mask"]:
+        text += f"; mask: {summary['mask']}"
+    return text + f"; {summary['seconds']:.1f} s."
+
+
+@click.command("detect", short_help="Detect changes between two rasters of the same place.")
+@click.argument("t1", type=click.Path(dir_okay=False))
+@click.argument("t2", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Change polygons: a GeoPackage (.gpkg), layer 'changes'.")
+@click.option("--probability", type=click.Path(dir_okay=False), default=None,
+              help="Probability raster, a Cloud Optimized GeoTIFF "
+                   "[default: <output stem>_probability.tif beside the GeoPackage].")
+@click.option("--mask", type=click.Path(dir_okay=False), default=None,
+              help="Optional binary change mask, a Cloud Optimized GeoTIFF "
+                   "(1 change, 0 none, 255 nodata).")
+@options.model_opt
+@click.option("--threshold", type=float, default=None,
+              help="Probability above which a pixel is change, 0..1 "
+                   "[default: the checkpoint's calibrated threshold].")
+@click.option("--min-area", type=float, default=0.0, show_default=True,
+              help="Drop polygons smaller than this many m² (true areas for a geographic CRS).")
+@click.option("--tile-size", type=int, default=DEFAULT_TILE_SIZE, show_default=True,
+              help="Tile side in pixels.")
+@click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True,
+              help="Pixels shared by neighbouring tiles and blended.")
+@options.batch_size_opt
+@options.scales_opt
+@options.bands_opt
+@options.device_opt
+@options.overwrite_opt
+@options.progress_opt
+def command(t1: str, t2: str, output: str, probability: str | None, mask: str | None,
+            model: str | None, threshold: float | None, min_area: float, tile_size: int,
+            overlap: int, batch_size: int | None, scales: tuple[float, ...] | None,
+            bands: tuple[int, ...] | None, device: str, overwrite: bool,
+            progress_kind: str) -> None:
+    """Detect changes from T1 to T2 (GeoTIFFs of the same place, any size).
+
+    The outputs lie on T1's grid; T2 is resampled onto it when needed. Only the overlap of
+    both footprints with valid data is analysed; everything else is nodata.
+    """
+    from kdmsi_core.pipeline import detect
+
+    progress = make_progress(progress_kind)
+    try:
+        summary = detect(t1, t2, output, probability=probability, mask=mask, model=model,
+                         threshold=threshold, min_area=min_area, tile_size=tile_size,
+                         overlap=overlap, batch_size=batch_size, scales=scales, bands=bands,
+                         device=device, overwrite=overwrite, progress=progress)
+    finally:
+        close = getattr(progress, "close", None)
+        if close is not None:
+            close()
+    record = summary.to_dict()
+    report_done(progress, summary_message(record), record)

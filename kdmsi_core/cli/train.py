@@ -51,7 +51,8 @@ def _strides(value: str) -> tuple[int, int, int, int]:
 @click.option("--lr", type=float, help="Base learning rate (default 1e-3).")
 @click.option("--weight-decay", default=1e-4, show_default=True)
 @click.option("--augment/--no-augment", default=True, show_default=True,
-              help="Random flips, rot90 and date swap, identical for both dates.")
+              help="Random flips, rot90 and date swap (same for both dates) and a per-date "
+                   "gain and offset per band.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--keep-teacher", is_flag=True, help="Store the teacher too (for evaluation).")
@@ -79,15 +80,16 @@ def command(data_dir, output, t1, t2, labels, tile_size, samples, backbone, teac
     if any(v is not None for v in gis):
         if data_dir is not None or any(v is None for v in gis):
             raise ParameterError("Give either DATA_DIR or all of --t1, --t2 and --labels.")
-        path, card = fit_areas(t1, t2, labels, output, config, tile_size=tile_size,
+        fitted = fit_areas(t1, t2, labels, output, config, tile_size=tile_size,
                                samples=samples, overwrite=overwrite, keep_teacher=keep_teacher,
                                progress=progress)
     elif data_dir is None:
         raise ParameterError("Give a data folder (A/, B/, list/) or --t1, --t2 and --labels.")
     else:
-        path, card = fit_tile_folder(data_dir, output, config, overwrite=overwrite,
+        fitted = fit_tile_folder(data_dir, output, config, overwrite=overwrite,
                                      keep_teacher=keep_teacher, progress=progress)
     if hasattr(progress, "close"):
         progress.close()
-    click.echo(f"Wrote {path} (threshold {card.threshold:.3f}, best epoch "
+    card = fitted.card
+    click.echo(f"Wrote {fitted.path} (threshold {card.threshold:.3f}, best epoch "
                f"{card.training['best_epoch']}).")

@@ -1,0 +1,58 @@
+"""Options shared by several ``kdmsi-geo`` commands, and parsers for list-valued options.
+
+Parse errors raise :class:`~kdmsi_core.errors.ParameterError`, so that the group prints them
+as one ``Error:`` sentence like every other user error.
+"""
+
+from __future__ import annotations
+
+import click
+
+from kdmsi_core.errors import ParameterError
+
+
+def _split(value: str | None, option: str, kind: type, example: str) -> tuple | None:
+    if value is None:
+        return None
+    try:
+        return tuple(kind(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise ParameterError(f"{option} {value!r} is not a comma-separated list of numbers, "
+                             f"for example {example}.") from None
+
+
+def parse_bands(_ctx: click.Context, _param: click.Parameter,
+                value: str | None) -> tuple[int, ...] | None:
+    """``1,2,3`` -> (1, 2, 3); range checks happen against the rasters."""
+    return _split(value, "--bands", int, "1,2,3")
+
+
+def parse_scales(_ctx: click.Context, _param: click.Parameter,
+                 value: str | None) -> tuple[float, ...] | None:
+    """``0.5,1,2`` -> (0.5, 1.0, 2.0); positivity is checked by the library."""
+    return _split(value, "--scales", float, "0.5,1,1.25,2")
+
+
+model_opt = click.option(
+    "--model", type=click.Path(dir_okay=False), default=None,
+    help="kdmsi checkpoint (.safetensors); default: the model embedded in the package.")
+device_opt = click.option(
+    "--device", default="auto", show_default=True,
+    help="Torch device: auto (a CUDA GPU if present), cpu or cuda[:N].")
+batch_size_opt = click.option(
+    "--batch-size", type=int, default=None,
+    help="Tiles per forward pass [default: 4 on the CPU, 16 on a GPU].")
+bands_opt = click.option(
+    "--bands", callback=parse_bands, default=None, metavar="I,J,K",
+    help="1-based bands of both rasters to feed the model, in the model's order "
+         "[default: all non-alpha bands, when their count fits the model].")
+scales_opt = click.option(
+    "--scales", callback=parse_scales, default=None, metavar="S,S,...",
+    help="MSI scales [default: the checkpoint's, usually 0.5,1,1.25,2].")
+overwrite_opt = click.option(
+    "--overwrite", is_flag=True, default=False, help="Replace existing output files.")
+progress_opt = click.option(
+    "--progress", "progress_kind", type=click.Choice(["bar", "json", "none"]), default="bar",
+    show_default=True,
+    help="bar: a progress bar on stderr; json: one JSON object per line on stdout "
+         "(stage, done, total, message), ending with a 'done' line holding the summary.")
