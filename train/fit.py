@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,15 @@ from kdmsi_train import threshold
 from kdmsi_train.datasets import PairStore, TileFolder
 from kdmsi_train.predict import iter_maps
 from kdmsi_train.trainer import TrainConfig, TrainResult, train
+
+
+@dataclass
+class Fitted:
+    """What a training run produced: the checkpoint on disk and the networks in memory."""
+
+    path: Path
+    card: ModelCard
+    result: TrainResult
 
 
 def check_output(path: Path, overwrite: bool) -> None:
@@ -42,7 +51,7 @@ def calibrate_threshold(result: TrainResult, store: PairStore, device, batch_siz
 
 def fit_tile_folder(data_dir: str | Path, output: str | Path, config: TrainConfig,
                     overwrite: bool = False, keep_teacher: bool = False,
-                    progress: Progress | None = None) -> tuple[Path, ModelCard]:
+                    progress: Progress | None = None) -> Fitted:
     """Train on ``data_dir``'s train split, select and calibrate on val (train if absent)."""
     output = Path(output)
     check_output(output, overwrite)
@@ -56,7 +65,7 @@ def fit_tile_folder(data_dir: str | Path, output: str | Path, config: TrainConfi
 
 
 def fit(train_store: PairStore, val_store: PairStore | None, output: Path, config: TrainConfig,
-        keep_teacher: bool, progress: Progress, data_summary: dict) -> tuple[Path, ModelCard]:
+        keep_teacher: bool, progress: Progress, data_summary: dict) -> Fitted:
     started = time.perf_counter()
     result = train(train_store, config, val_store, progress)
     device = resolve_device(config.device)
@@ -82,7 +91,8 @@ def fit(train_store: PairStore, val_store: PairStore | None, output: Path, confi
             "train_tiles": int(len(train_store)),
             "train_changed": int(np.sum(labels)),
             "val_tiles": int(len(val_store)) if val_store is not None else 0,
-            "model_selection": "lowest validation loss (image labels only)" if val_store
+            "model_selection": "highest validation AUC of the student's peak probability "
+            "(image labels only)" if val_store
             else "last epoch",
             "teacher_threshold": teacher_t,
             "seconds": round(time.perf_counter() - started, 1),
@@ -90,13 +100,13 @@ def fit(train_store: PairStore, val_store: PairStore | None, output: Path, confi
         },
     )
     save_checkpoint(output, result.student, card, result.teacher if keep_teacher else None)
-    return output, card
+    return Fitted(output, card, result)
 
 
 def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | Path,
               config: TrainConfig, tile_size: int = 128, samples: int = 2000,
               overwrite: bool = False, keep_teacher: bool = False,
-              progress: Progress | None = None) -> tuple[Path, ModelCard]:
+              progress: Progress | None = None) -> Fitted:
     """Train on tiles sampled inside drawn label areas; 15 % of them validate."""
     from kdmsi_train.areas import AreaStore
 

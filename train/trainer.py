@@ -3,7 +3,10 @@
 Loss: ``BCE(GAP(F_t), y) + kd_weight * MSE(sigmoid(F_s), cam_t)`` where ``cam_t`` is the
 teacher's max-normalised ReLU CAM, zeroed for unchanged pairs and detached: the teacher
 learns only to classify, the student only to reproduce the teacher's localisation as a
-probability. Model selection uses image-level labels only (lowest validation loss).
+probability. Model selection uses image-level labels only: the epoch whose student best
+separates changed from unchanged validation pairs by its peak probability (AUC); the
+validation loss is logged but not used, since its distillation term is smallest while the
+teacher's CAM is still empty.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class EpochLog:
     train_cls: float
     train_kd: float
     val_loss: float | None
-    val_accuracy: float | None
+    val_auc: float | None
     seconds: float
 
 
@@ -106,6 +109,16 @@ def augment(a: np.ndarray, b: np.ndarray, rng: np.random.Generator
     return a, b
 
 
+def jitter(x: torch.Tensor, generator: torch.Generator, gain: float = 0.1,
+           offset: float = 0.08) -> torch.Tensor:
+    """Independent per-band gain and offset per image of a normalised batch: each date gets
+    its own, like real acquisitions, so radiometry alone never signals change."""
+    n, c = x.shape[:2]
+    g = 1 + (torch.rand(n, c, 1, 1, generator=generator) * 2 - 1) * gain
+    o = (torch.rand(n, c, 1, 1, generator=generator) * 2 - 1) * offset
+    return x * g.to(x.device) + o.to(x.device)
+
+
 def to_tensor(x: np.ndarray, norm: Normalization, device: torch.device) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
     return norm.apply(t)
@@ -144,23 +157,36 @@ def kd_losses(teacher: SiameseCAM, student: SiameseCAM, x1: torch.Tensor, x2: to
     return cls, kd, logits
 
 
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (probability that a changed pair outranks an unchanged one)."""
+    pos, neg = scores[labels > 0.5], scores[labels <= 0.5]
+    if len(pos) == 0 or len(neg) == 0:
+        return 0.5
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    ranks[order] = np.arange(1, len(order) + 1)
+    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
 def validate(teacher: SiameseCAM, student: SiameseCAM, store: PairStore, norm: Normalization,
              config: TrainConfig, device: torch.device) -> tuple[float, float]:
-    """Validation objective and teacher image accuracy, from image-level labels only."""
+    """Validation loss, and the AUC with which the student's peak probability separates
+    changed from unchanged pairs — both from image-level labels only."""
     teacher.eval()
     student.eval()
     labels = store.labels
-    total, correct = 0.0, 0
+    total = 0.0
+    peaks = np.empty(len(store))
     with torch.inference_mode():
         for start in range(0, len(store), config.batch_size):
             idx = np.arange(start, min(start + config.batch_size, len(store)))
             a, b = store.batch(idx)
+            x1, x2 = to_tensor(a, norm, device), to_tensor(b, norm, device)
             y = torch.from_numpy(labels[idx]).to(device)
-            cls, kd, logits = kd_losses(teacher, student, to_tensor(a, norm, device),
-                                        to_tensor(b, norm, device), y)
+            cls, kd, _ = kd_losses(teacher, student, x1, x2, y)
             total += float(cls + config.kd_weight * kd) * len(idx)
-            correct += int(((logits > 0).float() == y).sum())
-    return total / len(store), correct / len(store)
+            peaks[idx] = torch.sigmoid(student(x1, x2)).amax(dim=(1, 2, 3)).float().cpu().numpy()
+    return total / len(store), auc(peaks, labels)
 
 
 def train(train_store: PairStore, config: TrainConfig, val_store: PairStore | None = None,
@@ -179,6 +205,7 @@ def train(train_store: PairStore, config: TrainConfig, val_store: PairStore | No
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
     norm = data_normalization(train_store, seed=config.seed)
     teacher, student = build_networks(config, bands)
     teacher.to(device)
@@ -204,9 +231,11 @@ def train(train_store: PairStore, config: TrainConfig, val_store: PairStore | No
             if config.augment:
                 a, b = augment(a, b, rng)
             y = torch.from_numpy(labels[idx]).to(device)
+            x1, x2 = to_tensor(a, norm, device), to_tensor(b, norm, device)
+            if config.augment:
+                x1, x2 = jitter(x1, generator), jitter(x2, generator)
             poly_lr(optimizer, step, total_steps)
-            cls, kd, _ = kd_losses(teacher, student, to_tensor(a, norm, device),
-                                   to_tensor(b, norm, device), y)
+            cls, kd, _ = kd_losses(teacher, student, x1, x2, y)
             loss = cls + config.kd_weight * kd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -216,13 +245,13 @@ def train(train_store: PairStore, config: TrainConfig, val_store: PairStore | No
             sum_kd += kd.item()
             progress.update(f"epoch {epoch}/{config.epochs}", i + 1, steps_per_epoch,
                             f"cls {sum_cls / (i + 1):.3f} kd {sum_kd / (i + 1):.4f}")
-        val_loss = val_acc = None
+        val_loss = val_auc = None
         if val_store is not None and val_store.labels is not None:
-            val_loss, val_acc = validate(teacher, student, val_store, norm, config, device)
+            val_loss, val_auc = validate(teacher, student, val_store, norm, config, device)
         log = EpochLog(epoch, sum_cls / steps_per_epoch, sum_kd / steps_per_epoch, val_loss,
-                       val_acc, time.perf_counter() - started)
+                       val_auc, time.perf_counter() - started)
         history.append(log)
-        score = val_loss if val_loss is not None else -epoch
+        score = -val_auc if val_auc is not None else -epoch
         if best is None or score <= best[0]:
             best = (score, epoch, copy.deepcopy(teacher.state_dict()),
                     copy.deepcopy(student.state_dict()))
