@@ -23,7 +23,7 @@ from kdmsi_train.synth import write_tile_dataset
 from kdmsi_train.trainer import TrainConfig
 
 DATA = {"seed": 2026, "scenes": 90, "scene_size": 512, "tile_size": 64}
-CONFIG = TrainConfig(backbone="resnet18n", teacher="abs", student="cat", epochs=30,
+CONFIG = TrainConfig(backbone="resnet18n", teacher="abs", student="cat", epochs=70,
                      batch_size=16, optimizer="adamw", lr=3e-3, seed=0)
 TEST_DATA = {"seed": 9090, "scenes": 24, "scene_size": 512, "tile_size": 64}
 MIN_CHANGED_FRACTION = 0.01

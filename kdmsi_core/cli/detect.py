@@ -21,8 +21,8 @@ def summary_message(summary: dict) -> str:
 
 
 @click.command("detect", short_help="Detect changes between two rasters of the same place.")
-@click.argument("t1", type=click.Path(dir_okay=False))
-@click.argument("t2", type=click.Path(dir_okay=False))
+@click.argument("t1", type=click.Path(readable=False))
+@click.argument("t2", type=click.Path(readable=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Change polygons: a GeoPackage (.gpkg), layer 'changes'.")
 @click.option("--probability", type=click.Path(dir_okay=False), default=None,

@@ -34,7 +34,7 @@ def parse_scales(_ctx: click.Context, _param: click.Parameter,
 
 
 model_opt = click.option(
-    "--model", type=click.Path(dir_okay=False), default=None,
+    "--model", type=click.Path(readable=False), default=None,
     help="kdmsi checkpoint (.safetensors); default: the model embedded in the package.")
 device_opt = click.option(
     "--device", default="auto", show_default=True,

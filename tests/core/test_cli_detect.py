@@ -114,17 +114,39 @@ def test_every_bad_input_is_one_sentence_nonzero_and_leaves_nothing(
         assert _listing(tmp_path) == before, args
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes everything")
-def test_unreadable_input_and_unwritable_folder(tmp_path: Path, pair,
+def _run_unprivileged(*args) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess; as an unprivileged user when the tests run as root, since
+    root may read and write everything."""
+    def drop() -> None:
+        if os.geteuid() == 0:
+            os.setgid(65534)
+            os.setuid(65534)
+
+    return subprocess.run([sys.executable, "-m", "kdmsi_core.cli.main", "detect",
+                           *map(str, args)], capture_output=True, text=True,
+                          preexec_fn=drop, check=False)
+
+
+def test_unreadable_input_and_unwritable_folder(tmp_path_factory, pair,
                                                 random_model: Path) -> None:
-    pair[1].chmod(0)
-    result = _run(pair[0], pair[1], "-o", tmp_path / "c.gpkg", "--model", random_model)
-    assert result.exit_code == 2 and "permission denied" in result.stderr
-    pair[1].chmod(0o644)
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    result = _run(*pair, "-o", locked / "c.gpkg", "--model", random_model)
-    assert result.exit_code == 4 and "not writable" in result.stderr
+    shared = tmp_path_factory.mktemp("unprivileged")
+    shared.chmod(0o777)
+    for p in (shared.parent, shared.parent.parent):
+        p.chmod(p.stat().st_mode | 0o755)
+    a, b = shared / "t1.tif", shared / "t2.tif"
+    model = shared / "m.safetensors"
+    for src, dst in ((pair[0], a), (pair[1], b), (random_model, model)):
+        dst.write_bytes(src.read_bytes())
+        dst.chmod(0o644)
+    b.chmod(0)
+    result = _run_unprivileged(a, b, "-o", shared / "c.gpkg", "--model", model)
+    assert result.returncode == 2 and "permission denied" in result.stderr, result.stderr
+    b.chmod(0o644)
+    locked = shared / "locked"
+    locked.mkdir(mode=0o555)
+    result = _run_unprivileged(a, b, "-o", locked / "c.gpkg", "--model", model)
+    assert result.returncode == 4 and "not writable" in result.stderr, result.stderr
+    assert list(locked.iterdir()) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

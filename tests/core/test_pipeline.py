@@ -16,6 +16,7 @@ from kdmsi_core import detect
 from kdmsi_core.checkpoint import default_model_path
 from kdmsi_core.errors import Cancelled
 from kdmsi_core.outputs import MASK_NODATA, PROBABILITY_NODATA
+from kdmsi_train.synth import make_scene_pair
 from tests.core.geodata import ORIGIN, scene, transform_for, write_tif
 from tests.core.test_raster import reproject_file
 
@@ -158,11 +159,9 @@ def test_cancel_through_the_callback_stops_within_one_batch(tmp_path: Path, pair
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t1.tif", "t2.tif"]
 
 
-@pytest.mark.skipif(not default_model_path().is_file(),
-                    reason="the embedded default model has not been trained yet")
 def test_default_model_puts_probability_where_the_change_is(tmp_path: Path) -> None:
-    synth = pytest.importorskip("kdmsi_train.synth")
-    scene_pair = synth.make_scene_pair(seed=4242, size=384, pixel_size=0.5)
+    assert default_model_path().is_file()
+    scene_pair = make_scene_pair(seed=4242, size=384, pixel_size=0.5)
     t = transform_for(0.5)
     a = write_tif(tmp_path / "t1.tif", scene_pair.t1, transform=t)
     b = write_tif(tmp_path / "t2.tif", scene_pair.t2, transform=t)

@@ -1,22 +1,11 @@
-import warnings
-
 import numpy as np
 import pytest
-import rasterio
 from click.testing import CliRunner
-from rasterio.errors import NotGeoreferencedWarning
 
 from kdmsi_core.cli.main import cli
 from kdmsi_core.errors import DataError
 from kdmsi_train.datasets import PairStore, TileFolder
-
-
-def _png(path, array):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", driver="PNG", width=array.shape[2], height=array.shape[1],
-                           count=array.shape[0], dtype="uint8") as ds:
-            ds.write(array)
+from tests.train.data.toy import write_png
 
 
 def make_folder(root, n=4, size=32, b_size=None, labels=True):
@@ -25,10 +14,10 @@ def make_folder(root, n=4, size=32, b_size=None, labels=True):
     rng = np.random.default_rng(0)
     names = [f"t{i}.png" for i in range(n)]
     for i, name in enumerate(names):
-        _png(root / "A" / name, rng.integers(0, 255, (3, size, size), dtype=np.uint8))
+        write_png(root / "A" / name, rng.integers(0, 255, (3, size, size), dtype=np.uint8))
         bs = b_size if (b_size and i == n - 1) else size
-        _png(root / "B" / name, rng.integers(0, 255, (3, bs, bs), dtype=np.uint8))
-        _png(root / "label" / name, np.full((1, size, size), 255 * (i % 2), np.uint8))
+        write_png(root / "B" / name, rng.integers(0, 255, (3, bs, bs), dtype=np.uint8))
+        write_png(root / "label" / name, np.full((1, size, size), 255 * (i % 2), np.uint8))
     (root / "list" / "train.txt").write_text("\n".join(names) + "\n")
     if labels:
         (root / "list" / "train_label.txt").write_text(
