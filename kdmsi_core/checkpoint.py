@@ -105,6 +105,9 @@ def save_checkpoint(path: str | os.PathLike, student: SiameseCAM, card: ModelCar
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"format": FORMAT, "kdmsi": card.to_json()})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

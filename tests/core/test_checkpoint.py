@@ -41,6 +41,7 @@ def test_roundtrip_reproduces_outputs_and_metadata(tmp_path):
         meta = json.loads(f.metadata()["kdmsi"])
     assert meta["format_version"] == 1 and meta["bands"]["count"] == 3
     assert list(tmp_path.iterdir()) == [path]
+    assert path.stat().st_mode & 0o044 == 0o044  # readable by others, like any new file
 
 
 def test_config_that_does_not_fit_the_weights_is_refused(tmp_path):
