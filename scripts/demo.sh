@@ -11,7 +11,7 @@ kdmsi-geo synth "$out/data" --seed 7 --scenes 1 --scene-size 1024 --tile-size 25
     --overwrite --progress none
 scene="$out/data/scenes/scene_000"
 kdmsi-geo detect "${scene}_t1.tif" "${scene}_t2.tif" -o "$out/changes.gpkg" \
-    --probability "$out/probability.tif" --mask "$out/mask.tif" --overwrite --progress none
+    --probability "$out/probability.tif" --mask "$out/mask.tif" --overwrite
 cat <<EOM
 
 Outputs (in $(pwd)/$out):
