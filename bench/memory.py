@@ -2,8 +2,7 @@
 
 Each size runs in its own child process so that its peak RSS is its own. The pair is
 generated strip by strip (3-band uint8, 0.5 m UTM, a change every 1024 px), so generating it
-needs no more memory than running on it. Without ``--model`` the embedded model is used, or,
-before it exists, a randomly initialised network of the same shape (same cost).
+needs no more memory than running on it. Without ``--model`` the embedded model is used.
 
     python bench/memory.py --sizes 4096,8192,16384 [--scales 0.5,1,1.25,2] [--keep DIR]
 """
@@ -54,18 +53,6 @@ def write_pair(folder: Path, size: int) -> tuple[Path, Path]:
     return paths
 
 
-def random_model(folder: Path) -> Path:
-    import torch
-
-    from kdmsi_core.checkpoint import ModelCard, save_checkpoint
-    from kdmsi_core.model import NetworkConfig, SiameseCAM
-    from kdmsi_core.normalize import Normalization
-
-    torch.manual_seed(0)
-    card = ModelCard(NetworkConfig(), Normalization.for_dtype("uint8", 3), 128, 0.5)
-    return save_checkpoint(folder / "random.safetensors", SiameseCAM(card.network), card)
-
-
 def run_one(args: argparse.Namespace) -> None:
     """Child: one detect run; prints its figures as JSON."""
     from kdmsi_core import detect
@@ -110,8 +97,7 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         from kdmsi_core.checkpoint import default_model_path
 
-        model = args.model or (str(default_model_path()) if default_model_path().is_file()
-                               else str(random_model(folder)))
+        model = args.model or str(default_model_path())
         print(f"model: {model}", file=sys.stderr)
         for size in (int(s) for s in args.sizes.split(",")):
             t0 = time.perf_counter()
