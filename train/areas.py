@@ -37,17 +37,17 @@ class LabelAreas:
 def read_label_areas(path: Path, raster_crs: CRS, inverse_transform) -> LabelAreas:
     """Polygons and their ``changed`` values, transformed into the raster's pixel space."""
     if not Path(path).is_file():
-        raise InputError(f"The labels file {path} does not exist.")
+        raise InputError(f"The labels file {path} does not exist; check the path.")
     try:
-        info = pyogrio.read_info(path)
-        meta, _, wkb, fields = pyogrio.raw.read(path, columns=["changed"]) \
-            if "changed" in list(info["fields"]) else (None, None, None, None)
+        fields_present = list(pyogrio.read_info(path)["fields"])
+        if "changed" not in fields_present:
+            raise DataError(f"The labels layer {path} has no field 'changed'; add an integer "
+                            "field 'changed' (1 = something changed inside the area, "
+                            "0 = nothing did).")
+        meta, _, wkb, fields = pyogrio.raw.read(path, columns=["changed"])
     except pyogrio.errors.DataSourceError:
         raise InputError(f"{path} is not a readable vector file; give a GeoPackage or "
                          "shapefile of polygons.") from None
-    if meta is None:
-        raise DataError(f"The labels layer {path} has no field 'changed'; add an integer field "
-                        "'changed' (1 = something changed inside the area, 0 = nothing did).")
     changed = np.asarray(fields[0])
     if changed.dtype.kind not in "iu" or not np.isin(changed, (0, 1)).all():
         raise DataError(f"The field 'changed' of {path} must hold the integers 0 and 1 only.")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from kdmsi_core.cli.options import device_opt, model_opt, scales_opt
 from kdmsi_core.progress import make_progress
 
 COLUMNS = ("precision", "recall", "f1", "iou", "overall_accuracy", "kappa")
@@ -25,15 +26,14 @@ def format_table(results: dict) -> str:
 
 @click.command("evaluate")
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option("--model", type=click.Path(path_type=Path),
-              help="Checkpoint (.safetensors); the embedded default model if omitted.")
+@model_opt
 @click.option("--split", default="test", show_default=True)
 @click.option("--threshold", type=click.FloatRange(0, 1),
               help="Override the checkpoint's calibrated threshold.")
-@click.option("--scales", help="MSI scales, e.g. 0.5,1,1.25,2 (default: the checkpoint's).")
+@scales_opt
 @click.option("--teacher", is_flag=True, help="Also evaluate the teacher CAM (if stored).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--device", default="auto", show_default=True)
+@device_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def command(data_dir, model, split, threshold, scales, teacher, batch_size, device,
             as_json) -> None:
@@ -41,8 +41,7 @@ def command(data_dir, model, split, threshold, scales, teacher, batch_size, devi
     from kdmsi_train.evaluate import evaluate
 
     progress = make_progress("none" if as_json else "bar")
-    parsed = tuple(float(v) for v in scales.split(",")) if scales else None
-    results = evaluate(data_dir, model, split, batch_size, device, threshold, parsed, teacher,
+    results = evaluate(data_dir, model, split, batch_size, device, threshold, scales, teacher,
                        progress)
     if hasattr(progress, "close"):
         progress.close()

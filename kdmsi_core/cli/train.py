@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
+from kdmsi_core.cli.options import device_opt, overwrite_opt, progress_opt
 from kdmsi_core.errors import ParameterError
-from kdmsi_core.progress import make_progress
+from kdmsi_core.progress import make_progress, report_done
 
 
 def _strides(value: str) -> tuple[int, int, int, int]:
@@ -54,11 +55,10 @@ def _strides(value: str) -> tuple[int, int, int, int]:
               help="Random flips, rot90 and date swap (same for both dates) and a per-date "
                    "gain and offset per band.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@device_opt
 @click.option("--keep-teacher", is_flag=True, help="Store the teacher too (for evaluation).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-@click.option("--progress", "progress_kind", default="bar", show_default=True,
-              type=click.Choice(["bar", "json", "none"]))
+@overwrite_opt
+@progress_opt
 def command(data_dir, output, t1, t2, labels, tile_size, samples, backbone, teacher, student,
             strides, pretrained, epochs, batch_size, optimizer, lr, weight_decay, augment,
             seed, device, keep_teacher, overwrite, progress_kind) -> None:
@@ -88,8 +88,9 @@ def command(data_dir, output, t1, t2, labels, tile_size, samples, backbone, teac
     else:
         fitted = fit_tile_folder(data_dir, output, config, overwrite=overwrite,
                                      keep_teacher=keep_teacher, progress=progress)
-    if hasattr(progress, "close"):
-        progress.close()
     card = fitted.card
-    click.echo(f"Wrote {fitted.path} (threshold {card.threshold:.3f}, best epoch "
+    message = (f"Wrote {fitted.path} (threshold {card.threshold:.3f}, best epoch "
                f"{card.training['best_epoch']}).")
+    report_done(progress, message, {"model": str(fitted.path), "threshold": card.threshold,
+                                    "best_epoch": card.training["best_epoch"],
+                                    "seconds": card.training["seconds"]})
