@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from kdmsi_core.checkpoint import load_checkpoint
 from kdmsi_core.device import resolve_device
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_train.datasets import PairStore, TileFolder
 from kdmsi_train.metrics import Confusion
-from kdmsi_train.predict import iter_maps
+from kdmsi_train.predict import change_maps, iter_batches
 
 
 def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str = "test",
@@ -37,13 +39,16 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     used_scales = tuple(scales) if scales else card.scales
     results: dict = {"data": str(data_dir), "split": split, "tiles": len(store),
                      "model": str(student.path), "scales": list(used_scales), "methods": {}}
-    for method, network, thr in runs:
-        confusion = Confusion()
-        for idx, maps in iter_maps(network, store, card.normalization, dev, method,
-                                   used_scales, batch_size):
+    confusions = {method: Confusion() for method, _, _ in runs}
+    with torch.inference_mode():
+        for idx, t1, t2 in iter_batches(store, card.normalization, dev, batch_size):
             check_cancelled(progress)
-            for i, m in zip(idx, maps, strict=True):
-                confusion.update(m > thr, folder.mask(int(i)))
-            progress.update(f"evaluate {method}", int(idx[-1]) + 1, len(store))
-        results["methods"][method] = {"threshold": thr, **confusion.as_dict()}
+            masks = [folder.mask(int(i)) for i in idx]
+            for method, network, thr in runs:
+                maps = change_maps(network, t1, t2, method, used_scales).float().cpu().numpy()
+                for m, truth in zip(maps, masks, strict=True):
+                    confusions[method].update(m > thr, truth)
+            progress.update("evaluate", int(idx[-1]) + 1, len(store))
+    for method, _, thr in runs:
+        results["methods"][method] = {"threshold": thr, **confusions[method].as_dict()}
     return results

@@ -36,16 +36,24 @@ def change_maps(network: SiameseCAM, t1: torch.Tensor, t2: torch.Tensor, method:
     return F.interpolate(maps, size=t1.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
+def iter_batches(store: PairStore, norm: Normalization, device: torch.device,
+                 batch_size: int = 16, indices: Sequence[int] | None = None
+                 ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """Yield (tile indices, normalised t1, normalised t2) over the split, in order."""
+    order = np.arange(len(store)) if indices is None else np.asarray(indices)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        a, b = store.batch(idx)
+        t1 = norm.apply(torch.from_numpy(np.ascontiguousarray(a)).to(device))
+        t2 = norm.apply(torch.from_numpy(np.ascontiguousarray(b)).to(device))
+        yield idx, t1, t2
+
+
 def iter_maps(network: SiameseCAM, store: PairStore, norm: Normalization, device: torch.device,
               method: str = "msi", scales: Sequence[float] = (1.0,), batch_size: int = 16,
               indices: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (tile indices, maps (B, H, W) float32) over the split, in order."""
-    order = np.arange(len(store)) if indices is None else np.asarray(indices)
     network.eval()
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            a, b = store.batch(idx)
-            t1 = norm.apply(torch.from_numpy(np.ascontiguousarray(a)).to(device))
-            t2 = norm.apply(torch.from_numpy(np.ascontiguousarray(b)).to(device))
+        for idx, t1, t2 in iter_batches(store, norm, device, batch_size, indices):
             yield idx, change_maps(network, t1, t2, method, scales).float().cpu().numpy()
