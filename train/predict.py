@@ -36,6 +36,11 @@ def change_maps(network: SiameseCAM, t1: torch.Tensor, t2: torch.Tensor, method:
     return F.interpolate(maps, size=t1.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
+def to_tensor(x: np.ndarray, norm: Normalization, device: torch.device) -> torch.Tensor:
+    """A raw (B, C, H, W) array as a normalised tensor on ``device``."""
+    return norm.apply(torch.from_numpy(np.ascontiguousarray(x)).to(device))
+
+
 def iter_batches(store: PairStore, norm: Normalization, device: torch.device,
                  batch_size: int = 16, indices: Sequence[int] | None = None
                  ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
@@ -44,9 +49,7 @@ def iter_batches(store: PairStore, norm: Normalization, device: torch.device,
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         a, b = store.batch(idx)
-        t1 = norm.apply(torch.from_numpy(np.ascontiguousarray(a)).to(device))
-        t2 = norm.apply(torch.from_numpy(np.ascontiguousarray(b)).to(device))
-        yield idx, t1, t2
+        yield idx, to_tensor(a, norm, device), to_tensor(b, norm, device)
 
 
 def iter_maps(network: SiameseCAM, store: PairStore, norm: Normalization, device: torch.device,

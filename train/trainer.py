@@ -28,6 +28,7 @@ from kdmsi_core.normalize import Normalization
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_train.datasets import PairStore
 from kdmsi_train.optim import make_optimizer, poly_lr
+from kdmsi_train.predict import iter_batches, to_tensor
 
 DEFAULT_LR = {"sgd": 1e-3, "adamw": 1e-3}
 
@@ -119,11 +120,6 @@ def jitter(x: torch.Tensor, generator: torch.Generator, gain: float = 0.1,
     return x * g.to(x.device) + o.to(x.device)
 
 
-def to_tensor(x: np.ndarray, norm: Normalization, device: torch.device) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
-    return norm.apply(t)
-
-
 def build_networks(config: TrainConfig, bands: int) -> tuple[SiameseCAM, SiameseCAM]:
     teacher = SiameseCAM(NetworkConfig(config.backbone, config.teacher, bands, config.strides))
     student = SiameseCAM(NetworkConfig(config.backbone, config.student, bands, config.strides))
@@ -147,14 +143,14 @@ def build_networks(config: TrainConfig, bands: int) -> tuple[SiameseCAM, Siamese
 
 def kd_losses(teacher: SiameseCAM, student: SiameseCAM, x1: torch.Tensor, x2: torch.Tensor,
               y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Classification loss of the teacher, KD loss of the student, teacher image logits."""
+    """Classification loss of the teacher, KD loss of the student, the student's CAM logits."""
     f_t = teacher(x1, x2)
     f_s = student(x1, x2)
     logits = image_logits(f_t)
     cls = F.binary_cross_entropy_with_logits(logits, y)
     target = teacher_cam(f_t.detach(), y)
     kd = F.mse_loss(torch.sigmoid(f_s), target)
-    return cls, kd, logits
+    return cls, kd, f_s
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -178,14 +174,11 @@ def validate(teacher: SiameseCAM, student: SiameseCAM, store: PairStore, norm: N
     total = 0.0
     peaks = np.empty(len(store))
     with torch.inference_mode():
-        for start in range(0, len(store), config.batch_size):
-            idx = np.arange(start, min(start + config.batch_size, len(store)))
-            a, b = store.batch(idx)
-            x1, x2 = to_tensor(a, norm, device), to_tensor(b, norm, device)
+        for idx, x1, x2 in iter_batches(store, norm, device, config.batch_size):
             y = torch.from_numpy(labels[idx]).to(device)
-            cls, kd, _ = kd_losses(teacher, student, x1, x2, y)
+            cls, kd, f_s = kd_losses(teacher, student, x1, x2, y)
             total += float(cls + config.kd_weight * kd) * len(idx)
-            peaks[idx] = torch.sigmoid(student(x1, x2)).amax(dim=(1, 2, 3)).float().cpu().numpy()
+            peaks[idx] = torch.sigmoid(f_s).amax(dim=(1, 2, 3)).float().cpu().numpy()
     return total / len(store), auc(peaks, labels)
 
 
