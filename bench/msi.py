@@ -1,12 +1,14 @@
 """Batched MSI against a faithful re-run of the official per-image loop.
 
 The official inference resizes each date with PIL (bicubic) per scale, runs one pair plus
-its flip per forward pass, takes the sigmoid, upsamples bilinearly and averages. Ours
-batches tiles, resizes on tensors and runs pair and flip of a whole batch in one pass.
-Same network, weights, tiles and threads; prints tiles/s of both, the ratio, and the largest
+its flip per forward pass (the encoder called once per date), takes the sigmoid, upsamples
+bilinearly and averages. Ours batches tiles, resizes on tensors, runs both dates of pair and
+flip of a whole batch in one encoder pass, and uses the network as ``detect`` prepares it
+(BatchNorm folded, channels-last on the CPU). Same network, weights, tiles and threads;
+prints tiles/s of each variant and its ratio to the official loop, then the largest
 difference of the probabilities when both resize the same way (torch bicubic).
 
-    python bench/msi.py [--tiles 32] [--size 256] [--batch 8] [--model PATH] [--device cpu]
+    python bench/msi.py [--tiles 32] [--size 256] [--batches 1,2,4,8] [--device cpu]
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from kdmsi_core.checkpoint import default_model_path, load_checkpoint
+from kdmsi_core.model import for_inference, fuse
 from kdmsi_core.msi import msi
+from kdmsi_core.pipeline import infer_batch
 from kdmsi_train.synth import make_scene_pair
 
 
@@ -44,27 +48,32 @@ def official_loop(model, t1: np.ndarray, t2: np.ndarray, scales, norm, device,
                 x1, x2 = (F.interpolate(x, size=size[::-1], mode="bicubic", align_corners=False)
                           for x in (x1, x2))
             pair1, pair2 = torch.cat([x1, x1.flip(-1)]), torch.cat([x2, x2.flip(-1)])
-            p = torch.sigmoid(model(pair1, pair2))
+            f1, f2 = model.backbone(pair1), model.backbone(pair2)
+            p = torch.sigmoid(model.classifier(fuse(f1, f2, model.config.combination)))
             p = (p[:1] + p[1:].flip(-1)) / 2
             total += F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
         out.append(total / len(scales))
     return torch.cat(out)
 
 
-def ours(model, t1: np.ndarray, t2: np.ndarray, scales, norm, device, batch: int):
+def ours(model, t1: np.ndarray, t2: np.ndarray, scales, norm, device, batch: int,
+         prepared: bool) -> torch.Tensor:
     out = []
     for i in range(0, len(t1), batch):
         x1 = norm.apply(torch.from_numpy(t1[i:i + batch]).to(device))
         x2 = norm.apply(torch.from_numpy(t2[i:i + batch]).to(device))
-        out.append(msi(model, x1, x2, scales))
+        if prepared:
+            out.append(torch.from_numpy(infer_batch(model, device, x1, x2, scales)))
+        else:
+            out.append(msi(model, x1, x2, scales)[:, 0])
     return torch.cat(out)
 
 
-def timed(fn, device) -> tuple[torch.Tensor, float]:
+def timed(fn, device, *args) -> tuple[torch.Tensor, float]:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    result = fn()
+    result = fn(*args)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return result, time.perf_counter() - start
@@ -74,35 +83,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiles", type=int, default=32)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batches", default="1,2,4,8")
     parser.add_argument("--model", default=str(default_model_path()))
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    loaded = load_checkpoint(args.model, device)
-    model, card = loaded.model, loaded.card
-    scales = card.scales
+    plain = load_checkpoint(args.model, device)
+    model, card = plain.model, plain.card
+    prepared = for_inference(load_checkpoint(args.model, device).model, device)
+    scales, norm = card.scales, card.normalization
     side = int(np.ceil(np.sqrt(args.tiles))) * args.size
     pair = make_scene_pair(7, side)
     cut = [(r, c) for r in range(0, side, args.size) for c in range(0, side, args.size)]
     t1 = np.stack([pair.t1[:, r:r + args.size, c:c + args.size] for r, c in cut][:args.tiles])
     t2 = np.stack([pair.t2[:, r:r + args.size, c:c + args.size] for r, c in cut][:args.tiles])
-    with torch.inference_mode():
-        ours(model, t1[:2], t2[:2], scales, card.normalization, device, args.batch)  # warm-up
-        p_ours, s_ours = timed(lambda: ours(model, t1, t2, scales, card.normalization, device,
-                                            args.batch), device)
-        p_off, s_off = timed(lambda: official_loop(model, t1, t2, scales, card.normalization,
-                                                   device), device)
-        p_same = official_loop(model, t1, t2, scales, card.normalization, device, "torch")
     n = len(t1)
     print(f"device {device}, threads {torch.get_num_threads()}, {n} tiles of {args.size} px, "
-          f"scales {list(scales)}, batch {args.batch}, model {loaded.path.name}")
-    print(f"official per-image loop (PIL resize): {n / s_off:8.2f} tiles/s")
-    print(f"batched MSI (ours):                   {n / s_ours:8.2f} tiles/s")
-    print(f"speed-up: {s_off / s_ours:.2f}x")
+          f"scales {list(scales)}, model {plain.path.name}")
+    with torch.inference_mode():
+        for net, ready in ((model, False), (prepared, True)):  # warm-up
+            ours(net, t1[:2], t2[:2], scales, norm, device, 2, ready)
+        official_loop(model, t1[:1], t2[:1], scales, norm, device)
+        _, s_off = timed(lambda: official_loop(model, t1, t2, scales, norm, device), device)
+        print(f"{'official per-image loop (PIL resize)':44s} {n / s_off:7.2f} tiles/s")
+        for batch in (int(b) for b in args.batches.split(",")):
+            for net, ready, name in ((model, False, "plain"), (prepared, True, "prepared")):
+                _, sec = timed(ours, device, net, t1, t2, scales, norm, device, batch, ready)
+                label = f"ours, {name} network, batch {batch}"
+                print(f"{label:44s} {n / sec:7.2f} tiles/s  {s_off / sec:5.2f}x")
+        p_ours = ours(prepared, t1, t2, scales, norm, device, 2, True)
+        p_same = official_loop(model, t1, t2, scales, norm, device, "torch")[:, 0]
+        p_pil = official_loop(model, t1, t2, scales, norm, device)[:, 0]
     print(f"max |difference|, same resize (torch bicubic): "
-          f"{(p_ours - p_same).abs().max().item():.2e}")
-    print(f"max |difference|, PIL vs torch resize: {(p_ours - p_off).abs().max().item():.2e}")
+          f"{(p_ours - p_same.cpu()).abs().max().item():.2e}")
+    print(f"max |difference|, PIL vs torch resize: {(p_ours - p_pil.cpu()).abs().max().item():.2e}")
 
 
 if __name__ == "__main__":

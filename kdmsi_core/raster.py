@@ -18,7 +18,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
@@ -270,7 +270,11 @@ def _read_valid(ds: rasterio.io.DatasetReaderBase, bands: tuple[int, ...],
                 window: Window) -> tuple[np.ndarray, np.ndarray]:
     """Bands as float32 and where every band is valid (GDAL masks and finite values)."""
     data = ds.read(bands, window=window, out_dtype=np.float32)
-    valid = (ds.read_masks(bands, window=window) > 0).all(axis=0)
+    if all(flags == [MaskFlags.all_valid] for flags in
+           (ds.mask_flag_enums[b - 1] for b in bands)):
+        valid = np.ones(data.shape[1:], bool)  # no mask of any kind: skip reading one
+    else:
+        valid = (ds.read_masks(bands, window=window) > 0).all(axis=0)
     if np.dtype(ds.dtypes[bands[0] - 1]).kind == "f":
         valid &= np.isfinite(data).all(axis=0)
     return data, valid

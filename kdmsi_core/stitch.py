@@ -11,6 +11,7 @@ tile is held in memory: rows above the next tile row can no longer change and ar
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 from rasterio.windows import Window
@@ -35,10 +36,17 @@ def axis_weights(size: int, before: int, after: int) -> np.ndarray:
 
 
 def blend_weights(tile: Tile) -> np.ndarray:
-    """The 2-D weight window of ``tile`` (float32, tile shape)."""
-    wy = axis_weights(tile.height, tile.top, tile.bottom)
-    wx = axis_weights(tile.width, tile.left, tile.right)
-    return np.outer(wy, wx).astype(np.float32)
+    """The 2-D weight window of ``tile`` (float32, tile shape; read-only, shared)."""
+    return _weights(tile.height, tile.width, tile.top, tile.bottom, tile.left, tile.right)
+
+
+@lru_cache(maxsize=64)  # a tiling has at most 4 x 4 kinds of tile
+def _weights(height: int, width: int, top: int, bottom: int, left: int,
+             right: int) -> np.ndarray:
+    w = np.outer(axis_weights(height, top, bottom), axis_weights(width, left, right))
+    w = w.astype(np.float32)
+    w.flags.writeable = False
+    return w
 
 
 Sink = Callable[[int, np.ndarray, np.ndarray], None]

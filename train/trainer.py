@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from kdmsi_core.backbone import load_pretrained
 from kdmsi_core.device import resolve_device
 from kdmsi_core.errors import CheckpointError, DataError
-from kdmsi_core.model import NetworkConfig, SiameseCAM, image_logits, teacher_cam
+from kdmsi_core.model import NetworkConfig, SiameseCAM, image_logits, place, teacher_cam
 from kdmsi_core.normalize import Normalization
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_train.datasets import PairStore
@@ -201,8 +201,8 @@ def train(train_store: PairStore, config: TrainConfig, val_store: PairStore | No
     generator = torch.Generator().manual_seed(config.seed)
     norm = data_normalization(train_store, seed=config.seed)
     teacher, student = build_networks(config, bands)
-    teacher.to(device)
-    student.to(device)
+    place(teacher, device)
+    place(student, device)
     optimizer = make_optimizer([teacher, student], config.optimizer, config.base_lr,
                                config.weight_decay, config.pretrained is not None,
                                config.momentum)

@@ -41,7 +41,7 @@ device_opt = click.option(
     help="Torch device: auto (a CUDA GPU if present), cpu or cuda[:N].")
 batch_size_opt = click.option(
     "--batch-size", type=int, default=None,
-    help="Tiles per forward pass [default: 4 on the CPU, 16 on a GPU].")
+    help="Tiles per forward pass [default: 1 on the CPU, 16 on a GPU].")
 bands_opt = click.option(
     "--bands", callback=parse_bands, default=None, metavar="I,J,K",
     help="1-based bands of both rasters to feed the model, in the model's order "

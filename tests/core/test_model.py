@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from kdmsi_core.model import NetworkConfig, SiameseCAM, fuse, image_logits, teacher_cam
+from kdmsi_core.model import (
+    NetworkConfig,
+    SiameseCAM,
+    for_inference,
+    fuse,
+    image_logits,
+    teacher_cam,
+)
 
 
 def test_fusions():
@@ -50,3 +57,24 @@ def test_config_validation():
     with pytest.raises(ValueError, match="backbone"):
         NetworkConfig(backbone="vgg16")
     assert NetworkConfig(strides=(2, 2, 1, 1)).output_stride == 8
+
+
+@pytest.mark.parametrize("backbone", ["resnet18n", "resnet50"])
+def test_inference_preparation_keeps_the_outputs_and_drops_every_batchnorm(backbone):
+    torch.manual_seed(0)
+    net = SiameseCAM(NetworkConfig(backbone, "cat"))
+    for m in net.modules():  # non-trivial running statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    net.eval()
+    a, b = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        before = net(a, b)
+        ready = for_inference(net, torch.device("cpu"))
+        after = ready(a, b)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in ready.modules())
+    assert ready.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(before, after, atol=1e-4 * before.abs().max().item())

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kdmsi_core.checkpoint import load_checkpoint
+from kdmsi_core.model import place
 from kdmsi_core.msi import msi
 from kdmsi_train.datasets import PairStore, TileFolder
 from kdmsi_train.evaluate import evaluate
@@ -47,6 +48,7 @@ def test_checkpoint_roundtrip_reproduces_probabilities(trained):
     store = PairStore(TileFolder.open(tiles, "val"))
     a, b = store.batch(np.arange(6))
     loaded = load_checkpoint(fitted.path)
+    place(loaded.model, torch.device("cpu"))  # the memory layout training used
     norm = loaded.card.normalization
     assert norm == fitted.result.normalization
     x1, x2 = norm.apply(torch.from_numpy(a)), norm.apply(torch.from_numpy(b))
