@@ -7,7 +7,7 @@ and once after ``detect``, averaged, as the machine's pace drifts). The ratio is
 what reading, warping, blending, writing, polygonising and the COG copies cost on top of the
 network. ``detect``'s own phase timings are printed to show where the rest goes.
 
-    python bench/pipeline.py [--size 2560] [--batch-size N] [--device cpu] [--keep DIR]
+    python bench/pipeline.py [--size 2048] [--batch-size N] [--device cpu] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -23,9 +23,15 @@ for _var in ("PROJ_DATA", "PROJ_LIB"):
 
 import torch  # noqa: E402
 
-from kdmsi_core.pipeline import _batches, detect, infer_batch, load_model  # noqa: E402
+from kdmsi_core.pipeline import (  # noqa: E402
+    _batches,
+    default_batch_size,
+    detect,
+    infer_batch,
+    load_model,
+)
 from kdmsi_core.raster import RasterPair  # noqa: E402
-from kdmsi_core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, plan_tiles  # noqa: E402
+from kdmsi_core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, Tile, plan_tiles  # noqa: E402
 from kdmsi_train.synth import make_scene_pair, write_scene_pair  # noqa: E402
 
 
@@ -53,7 +59,7 @@ def sync(device: torch.device) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=2560)
+    p.add_argument("--size", type=int, default=2048)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE)
@@ -62,7 +68,8 @@ def main() -> None:
     p.add_argument("--keep", type=Path, default=None, help="folder for data and outputs")
     args = p.parse_args()
     device = torch.device(args.device)
-    batch_size = args.batch_size or (16 if device.type == "cuda" else 1)
+    tile = Tile(0, 0, args.tile_size, args.tile_size)
+    batch_size = args.batch_size or default_batch_size(device, tile)
     with tempfile.TemporaryDirectory(prefix="kdmsi-bench-") as tmp:
         folder = args.keep or Path(tmp)
         started = time.perf_counter()

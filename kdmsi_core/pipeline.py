@@ -85,6 +85,19 @@ def default_probability_path(changes: Path) -> Path:
     return changes.with_name(f"{changes.stem}_probability.tif")
 
 
+CPU_PIXELS_PER_PASS = 256 * 256
+"""On the CPU the best batch holds about this many pixels (bench/msi.py: one 256-px tile,
+four of 128 px, sixteen of 64 px); more only overflows the caches, fewer wastes time on
+per-operation overhead."""
+
+
+def default_batch_size(device: torch.device, tile: Tile) -> int:
+    """Tiles per forward pass: 16 on a GPU, :data:`CPU_PIXELS_PER_PASS` worth on a CPU."""
+    if device.type == "cuda":
+        return 16
+    return max(1, CPU_PIXELS_PER_PASS // (tile.height * tile.width))
+
+
 def _check_parameters(threshold: float | None, min_area: float, batch_size: int | None,
                       scales: Sequence[float] | None) -> None:
     if threshold is not None and not 0.0 <= threshold <= 1.0:
@@ -305,9 +318,8 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     COG. ``workers`` (a local Dask cluster of that many processes) or ``scheduler`` (the
     address of a running one) spread the tiles over Dask workers; the outputs are the same.
     ``threshold``, ``scales`` default to the checkpoint's; ``min_area`` is in m²;
-    ``batch_size`` defaults to 1 on the CPU (larger batches only overflow the caches there;
-    see bench/msi.py) and 16 on a GPU. Outputs appear only when all are complete; any
-    error, cancellation or signal leaves none of them and no temporaries.
+    ``batch_size`` defaults to :func:`default_batch_size`. Outputs appear only when all are
+    complete; any error, cancellation or signal leaves none of them and no temporaries.
     """
     started = time.perf_counter()
     progress = progress or NullProgress()
@@ -323,7 +335,6 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     check_tiling(tile_size, overlap, card.network.output_stride)
     threshold = card.threshold if threshold is None else float(threshold)
     scales = tuple(card.scales if scales is None else (float(s) for s in scales))
-    batch_size = batch_size or (16 if torch_device.type == "cuda" else 1)
     targets = [output, prob_path] + ([mask_path] if mask_path else [])
     tags = {"kdmsi_model": loaded.path.name, "kdmsi_threshold": str(threshold),
             "kdmsi_scales": ",".join(str(s) for s in scales),
@@ -338,6 +349,7 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
         progress.update("prepare", 1, 1, "inputs ready")
         timings = {"prepare": time.perf_counter() - started}
         tiles = plan_tiles(pair.window, tile_size, overlap)
+        batch_size = batch_size or default_batch_size(torch_device, tiles[0][0])
         scratch = {k: staging.scratch(f"{k}.tif") for k in ("probability", "changes", "mask")}
         writer = StripWriter(pair.grid, pair.window, threshold, scratch["probability"],
                              scratch["changes"], scratch["mask"] if mask_path else None, tags)

@@ -41,7 +41,8 @@ device_opt = click.option(
     help="Torch device: auto (a CUDA GPU if present), cpu or cuda[:N].")
 batch_size_opt = click.option(
     "--batch-size", type=int, default=None,
-    help="Tiles per forward pass [default: 1 on the CPU, 16 on a GPU].")
+    help="Tiles per forward pass [default: 16 on a GPU; on a CPU as many as hold 65536 "
+         "pixels: 1 tile of 256 px, 16 of 64 px].")
 bands_opt = click.option(
     "--bands", callback=parse_bands, default=None, metavar="I,J,K",
     help="1-based bands of both rasters to feed the model, in the model's order "

@@ -9,6 +9,7 @@ import pyogrio.raw
 import pytest
 import rasterio
 import shapely
+import torch
 from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import box
 
@@ -175,3 +176,13 @@ def test_default_model_puts_probability_where_the_change_is(tmp_path: Path) -> N
         rasterio.windows.Window(c, r, 1, 1), t)) for r, c in zip(*np.nonzero(changed),
                                                                  strict=True)][:5000])
     assert any(p.intersects(truth) for p in polys)
+
+
+def test_default_batch_fills_a_cpu_pass_with_the_same_pixels_and_a_gpu_with_16() -> None:
+    from kdmsi_core.pipeline import default_batch_size
+    from kdmsi_core.tiling import Tile
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    sizes = {s: default_batch_size(cpu, Tile(0, 0, s, s)) for s in (512, 256, 128, 64)}
+    assert sizes == {512: 1, 256: 1, 128: 4, 64: 16}
+    assert default_batch_size(gpu, Tile(0, 0, 256, 256)) == 16
