@@ -9,6 +9,7 @@ import torch
 
 from kdmsi_core.checkpoint import load_checkpoint
 from kdmsi_core.device import resolve_device
+from kdmsi_core.model import for_inference
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_train.datasets import PairStore, TileFolder
 from kdmsi_train.metrics import Confusion
@@ -30,11 +31,12 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     store = PairStore(folder)
     dev = resolve_device(device)
     student = load_checkpoint(model, dev)
+    for_inference(student.model, dev)
     card = student.card
     t = card.threshold if threshold is None else threshold
     runs = [("msi", student.model, t), ("single", student.model, t)]
     if teacher:
-        teacher_model = load_checkpoint(model, dev, teacher=True).model
+        teacher_model = for_inference(load_checkpoint(model, dev, teacher=True).model, dev)
         runs.append(("teacher_cam", teacher_model, card.training.get("teacher_threshold", 0.5)))
     used_scales = tuple(scales) if scales else card.scales
     results: dict = {"data": str(data_dir), "split": split, "tiles": len(store),
