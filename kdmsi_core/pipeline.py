@@ -231,8 +231,8 @@ class TileResults:
 
 def infer_batch(model: torch.nn.Module, device: torch.device, t1: torch.Tensor,
                 t2: torch.Tensor, scales: Sequence[float]) -> np.ndarray:
-    """MSI probabilities (n, h, w) float32 of one normalised batch, in the memory layout and
-    precision chosen for ``device`` (float16 autocast on CUDA)."""
+    """MSI probabilities (n, h, w) float32 of one normalised batch, with float16 autocast on
+    CUDA (the network, prepared by :func:`load_model`, sets its own memory layout)."""
     amp = (torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda"
            else nullcontext())
     with torch.inference_mode(), amp:
