@@ -23,11 +23,20 @@ from kdmsi_core.errors import CheckpointError
 from kdmsi_core.model import NetworkConfig, SiameseCAM
 from kdmsi_core.msi import DEFAULT_SCALES
 from kdmsi_core.normalize import Normalization
+from kdmsi_core.segmenter import SiameseSegmenter
 
 FORMAT = "kdmsi-geo"
 FORMAT_VERSION = 1
 STUDENT = "student."
 TEACHER = "teacher."
+CAM_STUDENT, SEGMENTER = "cam-student", "segmenter"
+KINDS: dict[str, tuple[type[SiameseCAM] | type[SiameseSegmenter], str]] = {
+    CAM_STUDENT: (SiameseCAM, STUDENT),
+    SEGMENTER: (SiameseSegmenter, "segmenter."),
+}
+"""Model kinds a card may name: the network class and its tensors' prefix. Both map
+normalised t1, t2 to change logits, so inference treats them alike. Cards written before
+kinds existed hold a CAM student."""
 
 
 @dataclass
@@ -43,10 +52,12 @@ class ModelCard:
     threshold_rule: str = ""
     teacher_combination: str | None = None
     training: dict = field(default_factory=dict)
+    kind: str = CAM_STUDENT
 
     def to_json(self) -> str:
         return json.dumps({
             "format_version": FORMAT_VERSION,
+            "kind": self.kind,
             "network": self.network.to_dict(),
             "bands": {"count": self.network.in_channels, "names": list(self.band_names)},
             "normalization": self.normalization.to_dict(),
@@ -66,6 +77,12 @@ class ModelCard:
                 f"This checkpoint has format version {d.get('format_version')}, but this "
                 f"kdmsi-geo reads version {FORMAT_VERSION}; retrain or upgrade kdmsi-geo."
             )
+        kind = d.get("kind", CAM_STUDENT)
+        if kind not in KINDS:
+            raise CheckpointError(
+                f"This checkpoint holds a model of kind {kind!r}, which this kdmsi-geo cannot "
+                f"run (it runs {' and '.join(KINDS)}); upgrade kdmsi-geo or give another model."
+            )
         network = NetworkConfig(**d["network"])
         names = tuple(d["bands"]["names"])
         if d["bands"]["count"] != network.in_channels or len(names) != network.in_channels:
@@ -74,14 +91,14 @@ class ModelCard:
         return cls(network, Normalization.from_dict(d["normalization"]), int(d["tile_size"]),
                    float(d["threshold"]), tuple(float(s) for s in d["scales"]), names,
                    d.get("threshold_rule", ""), d.get("teacher_combination"),
-                   d.get("training", {}))
+                   d.get("training", {}), kind)
 
 
 @dataclass
 class LoadedModel:
-    """A student network in eval mode on its device, with its card."""
+    """A network (CAM student or segmenter) in eval mode on its device, with its card."""
 
-    model: SiameseCAM
+    model: SiameseCAM | SiameseSegmenter
     card: ModelCard
     path: Path
     device: torch.device
@@ -92,11 +109,12 @@ def default_model_path() -> Path:
     return Path(str(resources.files("kdmsi_core") / "models" / "default.safetensors"))
 
 
-def save_checkpoint(path: str | os.PathLike, student: SiameseCAM, card: ModelCard,
-                    teacher: SiameseCAM | None = None) -> Path:
-    """Write atomically (temporary name, then rename) so a crash leaves no half file."""
+def save_checkpoint(path: str | os.PathLike, student: SiameseCAM | SiameseSegmenter,
+                    card: ModelCard, teacher: SiameseCAM | None = None) -> Path:
+    """Write atomically (temporary name, then rename) so a crash leaves no half file.
+    ``student`` is the network of the card's kind."""
     path = Path(path)
-    tensors = {STUDENT + k: v.detach().cpu().contiguous()
+    tensors = {KINDS[card.kind][1] + k: v.detach().cpu().contiguous()
                for k, v in student.state_dict().items()}
     if teacher is not None:
         tensors.update({TEACHER + k: v.detach().cpu().contiguous()
@@ -143,8 +161,8 @@ def _open(path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     return card, tensors
 
 
-def _load_into(network: SiameseCAM, tensors: dict[str, torch.Tensor], prefix: str,
-               path: Path) -> None:
+def _load_into(network: SiameseCAM | SiameseSegmenter, tensors: dict[str, torch.Tensor],
+               prefix: str, path: Path) -> None:
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     own = network.state_dict()
     wrong = [k for k in own if k not in state or state[k].shape != own[k].shape]
@@ -162,17 +180,19 @@ def _load_into(network: SiameseCAM, tensors: dict[str, torch.Tensor], prefix: st
 
 def load_checkpoint(path: str | os.PathLike | None = None, device: torch.device | str = "cpu",
                     teacher: bool = False) -> LoadedModel:
-    """Build the student (or the teacher) a checkpoint declares and load its weights."""
+    """Build the network of the checkpoint's kind (or its teacher) and load its weights."""
     path = Path(path) if path is not None else default_model_path()
     card, tensors = _open(path)
-    prefix = TEACHER if teacher else STUDENT
+    network_class, prefix = KINDS[card.kind]
+    if teacher:
+        network_class, prefix = SiameseCAM, TEACHER
     config = card.network
     if teacher:
         if card.teacher_combination is None or not any(k.startswith(TEACHER) for k in tensors):
             raise CheckpointError(f"{path} holds no teacher network; save it with the teacher.")
         config = NetworkConfig(config.backbone, card.teacher_combination, config.in_channels,
                                config.strides)
-    network = SiameseCAM(config)
+    network = network_class(config)
     _load_into(network, tensors, prefix, path)
     device = torch.device(device)
     network.to(device).eval()
