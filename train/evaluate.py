@@ -14,6 +14,7 @@ from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_train.datasets import PairStore, TileFolder
 from kdmsi_train.metrics import Confusion
 from kdmsi_train.predict import change_maps, iter_batches
+from kdmsi_train.shape_metrics import BoundaryScore, ObjectCounts
 
 
 def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str = "test",
@@ -42,6 +43,7 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     results: dict = {"data": str(data_dir), "split": split, "tiles": len(store),
                      "model": str(student.path), "scales": list(used_scales), "methods": {}}
     confusions = {method: Confusion() for method, _, _ in runs}
+    shapes = {method: (BoundaryScore(), ObjectCounts()) for method, _, _ in runs}
     with torch.inference_mode():
         for idx, t1, t2 in iter_batches(store, card.normalization, dev, batch_size):
             check_cancelled(progress)
@@ -50,7 +52,11 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
                 maps = change_maps(network, t1, t2, method, used_scales).float().cpu().numpy()
                 for m, truth in zip(maps, masks, strict=True):
                     confusions[method].update(m > thr, truth)
+                    for score in shapes[method]:
+                        score.update(m > thr, truth)
             progress.update("evaluate", int(idx[-1]) + 1, len(store))
     for method, _, thr in runs:
-        results["methods"][method] = {"threshold": thr, **confusions[method].as_dict()}
+        outline, objects = shapes[method]
+        results["methods"][method] = {"threshold": thr, **confusions[method].as_dict(),
+                                      **outline.metrics(), **objects.as_dict()}
     return results

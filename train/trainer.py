@@ -106,7 +106,7 @@ def augment(a: np.ndarray, b: np.ndarray, rng: np.random.Generator
             x, y = x[:, :, ::-1], y[:, :, ::-1]
         if rng.random() < 0.5:
             x, y = y, x
-        a[i], b[i] = x, y
+        a[i], b[i] = x.copy(), y.copy()  # views of a[i], b[i]: copy before writing
     return a, b
 
 

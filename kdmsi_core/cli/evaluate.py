@@ -10,17 +10,21 @@ import click
 from kdmsi_core.cli.options import device_opt, model_opt, scales_opt
 from kdmsi_core.progress import make_progress
 
-COLUMNS = ("precision", "recall", "f1", "iou", "overall_accuracy", "kappa")
+COLUMNS = ("precision", "recall", "f1", "iou", "overall_accuracy", "kappa", "boundary_f1")
+OBJECTS = ("objects_hit", "objects_missed", "objects_false")
 
 
 def format_table(results: dict) -> str:
     """A fixed-width table, one row per inference method."""
     lines = [f"{results['tiles']} tiles of split '{results['split']}' in {results['data']}; "
-             "change-class metrics (see README, 'Metrics')",
-             f"{'method':<12}{'thr':>6}" + "".join(f"{c[:9]:>10}" for c in COLUMNS)]
+             "change-class metrics, boundary F1 within 2 px, objects hit / missed / false "
+             "(see README, 'Metrics')",
+             f"{'method':<12}{'thr':>6}" + "".join(f"{c[:9]:>10}" for c in COLUMNS)
+             + "".join(f"{c[8:]:>8}" for c in OBJECTS)]
     for method, m in results["methods"].items():
         lines.append(f"{method:<12}{m['threshold']:>6.3f}"
-                     + "".join(f"{m[c]:>10.4f}" for c in COLUMNS))
+                     + "".join(f"{m[c]:>10.4f}" for c in COLUMNS)
+                     + "".join(f"{m[c]:>8d}" for c in OBJECTS))
     return "\n".join(lines)
 
 

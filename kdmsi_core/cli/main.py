@@ -31,9 +31,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from kdmsi_core.cli import detect, evaluate, synth, train
+    from kdmsi_core.cli import detect, evaluate, pseudo_label, synth, train
 
-    for module in (detect, synth, train, evaluate):
+    for module in (detect, synth, train, evaluate, pseudo_label):
         cli.add_command(module.command)
 
 

@@ -55,13 +55,21 @@ def _strides(value: str) -> tuple[int, int, int, int]:
               help="Random flips, rot90 and date swap (same for both dates) and a per-date "
                    "gain and offset per band.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--stages", default=1, show_default=True, type=click.IntRange(1, 2),
+              help="1: the KD-MSI student. 2: then pseudo labels from it and a segmentation "
+                   "network trained on them, which outlines changes at full resolution; "
+                   "intermediate results stay in <output stem>.stages/ and a run started "
+                   "again resumes there.")
+@click.option("--stage2-epochs", default=10, show_default=True, type=click.IntRange(1),
+              help="With --stages 2: passes of the segmentation network over the tiles.")
 @device_opt
 @click.option("--keep-teacher", is_flag=True, help="Store the teacher too (for evaluation).")
 @overwrite_opt
 @progress_opt
 def command(data_dir, output, t1, t2, labels, tile_size, samples, backbone, teacher, student,
             strides, pretrained, epochs, batch_size, optimizer, lr, weight_decay, augment,
-            seed, device, keep_teacher, overwrite, progress_kind) -> None:
+            seed, stages, stage2_epochs, device, keep_teacher, overwrite,
+            progress_kind) -> None:
     """Train teacher and student jointly on DATA_DIR (A/, B/, list/) or on --t1/--t2/--labels.
 
     Only image-level labels are used: model selection takes the epoch with the lowest
@@ -70,6 +78,13 @@ def command(data_dir, output, t1, t2, labels, tile_size, samples, backbone, teac
     from kdmsi_train.fit import fit_areas, fit_tile_folder
     from kdmsi_train.trainer import TrainConfig
 
+    if stages == 2:
+        from functools import partial
+
+        from kdmsi_train import stages as two_stages
+
+        fit_areas = partial(two_stages.fit_areas, stage2_epochs=stage2_epochs)
+        fit_tile_folder = partial(two_stages.fit_tile_folder, stage2_epochs=stage2_epochs)
     config = TrainConfig(backbone=backbone, teacher=teacher, student=student,
                          strides=_strides(strides), epochs=epochs, batch_size=batch_size,
                          optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment,

@@ -3,7 +3,10 @@ contract (the card names the kind; old cards are CAM students; unknown kinds are
 
 import json
 
+import numpy as np
+import pyogrio
 import pytest
+import rasterio
 import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
@@ -14,6 +17,7 @@ from kdmsi_core.errors import CheckpointError
 from kdmsi_core.model import NetworkConfig, SiameseCAM, for_inference
 from kdmsi_core.msi import msi
 from kdmsi_core.normalize import Normalization
+from kdmsi_core.pipeline import detect
 from kdmsi_core.segmenter import SiameseSegmenter
 
 
@@ -107,3 +111,30 @@ def test_unknown_kind_is_refused_in_one_sentence(tmp_path, pair):
     assert message.startswith("Error: ") and "kind 'transformer'" in message
     assert message.count(". ") == 0 and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_detect_runs_a_segmenter_like_a_cam_student(tmp_path, pair):
+    """Same pipeline: tiles, multiscale + flip averaging, stitch, COG and GeoPackage; with
+    one tile covering the pair, the probability raster is the network's own multiscale map."""
+    torch.manual_seed(3)
+    seg = SiameseSegmenter(NetworkConfig(combination="abs")).eval()
+    card = _card(seg.config, "segmenter")
+    card.scales, card.threshold = (0.75, 1.0, 1.25), 0.5
+    model = save_checkpoint(tmp_path / "seg.safetensors", seg, card)
+    t1, t2 = pair
+    summary = detect(t1, t2, tmp_path / "changes.gpkg", model=model, tile_size=160, overlap=0,
+                     device="cpu", mask=tmp_path / "mask.tif")
+    with rasterio.open(t1) as a, rasterio.open(t2) as b, \
+            rasterio.open(summary.probability) as p:
+        x1, x2 = (card.normalization.apply(torch.from_numpy(r.read()[None].astype(np.float32)))
+                  for r in (a, b))
+        grid = (a.crs, a.transform, a.shape)
+        assert (p.crs, p.transform, p.shape) == grid
+        prob = p.read(1)
+    with torch.inference_mode():
+        expected = msi(seg, x1, x2, card.scales)[0, 0].numpy()
+    assert np.abs(prob - expected).max() < 1e-3
+    assert summary.scales == (0.75, 1.0, 1.25)
+    with rasterio.open(tmp_path / "mask.tif") as m:
+        assert (m.read(1).astype(bool) == (prob > 0.5)).mean() > 0.999
+    assert pyogrio.read_info(summary.changes)["features"] == summary.polygons

@@ -1,0 +1,104 @@
+"""The second stage: masked loss and augmentation, and `train --stages 2` end to end, on a
+tile folder without label/ (so no pixel mask can reach training) and in the GIS form,
+resuming from kept intermediate results."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kdmsi_core.checkpoint import load_checkpoint, read_card
+from kdmsi_core.cli.main import cli
+from kdmsi_core.errors import OutputError
+from kdmsi_core.segmenter import SiameseSegmenter
+from kdmsi_train.pseudo import IGNORE
+from kdmsi_train.stage2 import augment, masked_bce
+from tests.train.data.toy import write_toy_tiles
+from tests.train.test_areas import _gpkg, _tif, _world
+
+FAST = ["--epochs", "1", "--stage2-epochs", "1", "--batch-size", "8", "--device", "cpu",
+        "--progress", "none"]
+
+
+def test_ignored_pixels_give_no_loss_and_no_gradient():
+    logits = torch.zeros(1, 1, 2, 2, requires_grad=True)
+    masks = torch.tensor([[[1, 0], [IGNORE, IGNORE]]], dtype=torch.uint8)
+    loss = masked_bce(logits, masks)
+    loss.backward()
+    assert loss.item() == pytest.approx(np.log(2))  # mean over the two labelled pixels only
+    assert logits.grad[0, 0, 1].abs().sum() == 0 and logits.grad[0, 0, 0].abs().min() > 0
+    assert masked_bce(logits, torch.full_like(masks, IGNORE)).item() == 0
+
+
+def test_augmentation_keeps_masks_on_their_pixels():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 200, (16, 3, 8, 8)).astype(np.uint8)
+    b = a.copy()
+    m = np.zeros((16, 8, 8), np.uint8)
+    m[:, 1:3, 2:7] = 1
+    b[:, :, 1:3, 2:7] = 255
+    for x, y, z in zip(*augment(a, b, m, rng), strict=True):
+        assert ((x != y).any(axis=0) == (z == 1)).all()
+
+
+@pytest.fixture(scope="module")
+def no_masks(tmp_path_factory):
+    root = write_toy_tiles(tmp_path_factory.mktemp("stage2") / "data", tiles=96, size=64,
+                           seed=5)
+    shutil.rmtree(root / "label")
+    return root
+
+
+@pytest.mark.slow
+def test_train_stages_2_end_to_end_and_resume(no_masks, tmp_path):
+    out = tmp_path / "m.safetensors"
+    args = ["train", str(no_masks), "-o", str(out), "--stages", "2", *FAST]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    card = read_card(out)
+    assert card.kind == "segmenter" and card.tile_size == 64
+    assert card.training["pseudo_labels"]["t_high"] >= card.training["pseudo_labels"]["t_low"]
+    assert 0 < card.threshold < 1 and card.scales == (0.75, 1.0, 1.25)
+    assert isinstance(load_checkpoint(out).model, SiameseSegmenter)
+    work = tmp_path / "m.stages"
+    stage1, pseudo = work / "stage1.safetensors", work / "pseudo" / "pseudo.json"
+    assert read_card(stage1).kind == "cam-student"
+    load_checkpoint(stage1, teacher=True)  # kept with its teacher
+    assert len(list((work / "pseudo" / "pseudo").iterdir())) == len(
+        (no_masks / "list" / "train.txt").read_text().split())
+
+    out.unlink()  # as if stage 2 had been interrupted
+    before = stage1.stat().st_mtime_ns, pseudo.stat().st_mtime_ns
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert (stage1.stat().st_mtime_ns, pseudo.stat().st_mtime_ns) == before  # reused
+    assert out.is_file()
+
+    other = CliRunner().invoke(cli, [*args[:-len(FAST)], *FAST, "--seed", "1", "--overwrite"])
+    assert other.exit_code == OutputError.exit_code
+    assert "other settings" in other.output
+
+
+@pytest.mark.slow
+def test_train_stages_2_in_the_gis_form(tmp_path):
+    rng = np.random.default_rng(0)
+    t1 = (rng.normal(110, 12, (3, 320, 320))).clip(0, 255).astype(np.uint8)
+    t2 = (t1 * 0.95 + rng.normal(0, 4, t1.shape)).clip(0, 255).astype(np.uint8)
+    blocks = [(40, 40), (40, 230), (230, 40)]
+    for col, row in blocks:
+        t2[:, row:row + 20, col:col + 24] = 230
+    _tif(tmp_path / "t1.tif", t1)
+    _tif(tmp_path / "t2.tif", t2)
+    _gpkg(tmp_path / "areas.gpkg", [_world(c - 4, r - 4, 32) for c, r in blocks]
+          + [_world(150, 150, 160)], [1, 1, 1, 0])
+    out = tmp_path / "gis.safetensors"
+    result = CliRunner().invoke(cli, [
+        "train", "--t1", str(tmp_path / "t1.tif"), "--t2", str(tmp_path / "t2.tif"),
+        "--labels", str(tmp_path / "areas.gpkg"), "--tile-size", "64", "--samples", "24",
+        "-o", str(out), "--stages", "2", *FAST])
+    assert result.exit_code == 0, result.output
+    card = read_card(out)
+    assert card.kind == "segmenter" and card.training["t1"].endswith("t1.tif")
+    assert (tmp_path / "gis.stages" / "tiles" / "list" / "train_label.txt").is_file()

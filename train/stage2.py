@@ -1,0 +1,268 @@
+"""Second-stage training: the siamese segmenter learns the pseudo labels of the first stage.
+
+Loss: binary cross-entropy per pixel, averaged over the pixels whose pseudo label is 0 or 1
+(255, "not sure", is ignored). Augmentation: the first stage's flips, rot90 and date swap,
+applied to the mask too, and its per-date photometric jitter. Model selection and threshold
+calibration use image-level labels only, as in the first stage: the epoch whose map best
+separates changed from unchanged validation pairs by its peak (AUC) wins, the peak taken
+over 4x4-pixel cell means so that one stray pixel does not make a pair changed; the
+threshold follows the rule of :mod:`kdmsi_train.threshold` on the validation maps. Neither
+reads a pixel mask: only the pseudo labels of the training split.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kdmsi_core.backbone import load_pretrained
+from kdmsi_core.checkpoint import SEGMENTER, ModelCard, load_checkpoint, save_checkpoint
+from kdmsi_core.device import resolve_device
+from kdmsi_core.errors import CheckpointError, DataError
+from kdmsi_core.model import NetworkConfig, place
+from kdmsi_core.normalize import Normalization
+from kdmsi_core.progress import NullProgress, Progress, check_cancelled
+from kdmsi_core.segmenter import SiameseSegmenter
+from kdmsi_train import threshold
+from kdmsi_train.datasets import PairStore
+from kdmsi_train.optim import make_optimizer, poly_lr
+from kdmsi_train.predict import iter_batches, iter_maps, to_tensor
+from kdmsi_train.pseudo import IGNORE, open_pseudo, read_mask
+from kdmsi_train.trainer import auc, data_normalization, jitter
+
+STAGE2_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25)
+"""Inference scales of a segmenter: its map is already sharp, so fewer and nearer scales
+than MSI's keep its cost per megapixel below the first stage's."""
+PEAK_CELL = 4
+SELECTION = ("highest validation AUC of each pair's peak 4x4-cell mean probability against "
+             "its image label (image labels only)")
+
+
+@dataclass
+class Stage2Config:
+    """Everything that defines a segmenter training run (stored in the checkpoint)."""
+
+    backbone: str = "resnet18n"
+    combination: str = "minus"
+    strides: tuple[int, int, int, int] = (2, 2, 2, 1)
+    epochs: int = 10
+    batch_size: int = 16
+    optimizer: str = "adamw"
+    lr: float | None = None
+    weight_decay: float = 1e-4
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    pretrained: str | None = None
+    init: str | None = None
+    """A checkpoint (the first stage's) whose encoder the segmenter starts from."""
+    scales: tuple[float, ...] = STAGE2_SCALES
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else 1e-3
+
+
+@dataclass
+class SegmenterFit:
+    """A trained segmenter, its selected epoch and, once saved, its checkpoint."""
+
+    network: SiameseSegmenter
+    normalization: Normalization
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    path: Path | None = None
+    card: ModelCard | None = None
+
+
+class MaskedStore:
+    """The training split of a pseudo-label folder: pairs and their pseudo labels."""
+
+    def __init__(self, root: str | Path) -> None:
+        folder, self.summary = open_pseudo(root)
+        self.root = Path(root)
+        self.pairs = PairStore(folder)
+        self.names = folder.names
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        a, b = self.pairs.batch(indices)
+        masks = np.stack([read_mask(self.root, self.names[int(i)]) for i in indices])
+        if masks.shape[1:] != a.shape[2:]:
+            raise DataError(f"The pseudo labels in {self.root} are {masks.shape[2]}x"
+                            f"{masks.shape[1]} but the tiles {a.shape[3]}x{a.shape[2]}; "
+                            "write the pseudo labels again.")
+        return a, b, masks
+
+
+def augment(a: np.ndarray, b: np.ndarray, m: np.ndarray, rng: np.random.Generator
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random rot90, flip and date swap, the same for both dates and the mask."""
+    a, b, m = a.copy(), b.copy(), m.copy()
+    for i in range(len(a)):
+        k = int(rng.integers(4))
+        x, y, z = (np.rot90(v, k, axes=(-2, -1)) for v in (a[i], b[i], m[i]))
+        if rng.random() < 0.5:
+            x, y, z = x[..., ::-1], y[..., ::-1], z[..., ::-1]
+        if rng.random() < 0.5:
+            x, y = y, x
+        a[i], b[i], m[i] = x.copy(), y.copy(), z.copy()  # views: copy before writing
+    return a, b, m
+
+
+def masked_bce(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean BCE over the pixels labelled 0 or 1; zero (with a gradient) if there are none."""
+    valid = masks != IGNORE
+    target = (masks == 1).float()
+    loss = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
+    return (loss * valid).sum() / valid.sum().clamp_min(1)
+
+
+def peak_scores(network: torch.nn.Module, store: PairStore, norm: Normalization,
+                device: torch.device, batch_size: int) -> np.ndarray:
+    """Each pair's highest 4x4-cell mean probability at scale 1."""
+    network.eval()
+    peaks = np.empty(len(store))
+    with torch.inference_mode():
+        for idx, x1, x2 in iter_batches(store, norm, device, batch_size):
+            p = F.avg_pool2d(torch.sigmoid(network(x1, x2).float()), PEAK_CELL, ceil_mode=True)
+            peaks[idx] = p.amax(dim=(1, 2, 3)).cpu().numpy()
+    return peaks
+
+
+def build_segmenter(config: Stage2Config, bands: int) -> SiameseSegmenter:
+    """A new segmenter; its encoder starts from ``config.init``'s (the first stage's encoder
+    already tells change from pseudo-change) or from ``config.pretrained`` when given."""
+    network = SiameseSegmenter(NetworkConfig(config.backbone, config.combination, bands,
+                                             config.strides))
+    if config.init:
+        source = load_checkpoint(config.init).model
+        theirs, ours = source.config, network.config
+        if (theirs.backbone, theirs.in_channels, theirs.strides) != \
+                (ours.backbone, ours.in_channels, ours.strides):
+            raise CheckpointError(f"The encoder of {config.init} ({theirs.backbone}, "
+                                  f"{theirs.in_channels} bands, strides {theirs.strides}) does "
+                                  "not fit the segmenter's; use the same backbone and strides.")
+        network.backbone.load_state_dict(source.backbone.state_dict())
+        return network
+    if config.pretrained:
+        path = Path(config.pretrained)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            load_pretrained(network.backbone, dict(state.get("state_dict", state)))
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"The pretrained weights {path} cannot be used for the "
+                                  f"{config.backbone} encoder ({exc}); give the matching "
+                                  "torchvision-style ResNet state dict (.pth).") from None
+    return network
+
+
+def train_segmenter(train_store: MaskedStore, config: Stage2Config,
+                    val_store: PairStore | None = None,
+                    progress: Progress | None = None) -> SegmenterFit:
+    """Train on the pseudo labels; returns the network of the selected epoch."""
+    progress = progress or NullProgress()
+    bands = train_store.pairs.shape[0]
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    norm = data_normalization(train_store.pairs, seed=config.seed)
+    network = place(build_segmenter(config, bands), device)
+    optimizer = make_optimizer([network], config.optimizer, config.base_lr,
+                               config.weight_decay, bool(config.pretrained or config.init))
+    batch = min(config.batch_size, len(train_store))
+    steps = max(1, len(train_store) // batch)
+    total = steps * config.epochs
+    history: list[dict] = []
+    best: tuple[float, int, dict] | None = None
+    for epoch in range(1, config.epochs + 1):
+        network.train()
+        started = time.perf_counter()
+        order = rng.permutation(len(train_store))
+        running = 0.0
+        for i in range(steps):
+            check_cancelled(progress)
+            a, b, m = train_store.batch(np.sort(order[i * batch:(i + 1) * batch]))
+            if config.augment:
+                a, b, m = augment(a, b, m, rng)
+            x1, x2 = to_tensor(a, norm, device), to_tensor(b, norm, device)
+            if config.augment:
+                x1, x2 = jitter(x1, generator), jitter(x2, generator)
+            poly_lr(optimizer, (epoch - 1) * steps + i, total)
+            loss = masked_bce(network(x1, x2), torch.from_numpy(m).to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += loss.item()
+            progress.update(f"stage 2 epoch {epoch}/{config.epochs}", i + 1, steps,
+                            f"loss {running / (i + 1):.4f}")
+        val_auc = None
+        if val_store is not None and val_store.labels is not None:
+            val_auc = auc(peak_scores(network, val_store, norm, device, config.batch_size),
+                          val_store.labels)
+        history.append({"epoch": epoch, "train_loss": running / steps, "val_auc": val_auc,
+                        "seconds": round(time.perf_counter() - started, 1)})
+        score = -val_auc if val_auc is not None else -epoch
+        if best is None or score <= best[0]:
+            best = (score, epoch, copy.deepcopy(network.state_dict()))
+    assert best is not None
+    network.load_state_dict(best[2])
+    network.eval()
+    return SegmenterFit(network, norm, best[1], history)
+
+
+def calibrate(network: torch.nn.Module, store: PairStore, norm: Normalization,
+              device: torch.device, scales: Sequence[float], batch_size: int) -> float:
+    """The first stage's image-label threshold rule on the segmenter's multiscale maps."""
+    hist = threshold.Histograms()
+    for idx, maps in iter_maps(network, store, norm, device, "msi", scales, batch_size):
+        hist.update(maps, store.labels[idx])
+    return threshold.calibrate(hist)
+
+
+def fit_segmenter(pseudo_dir: str | Path, val_store: PairStore | None, output: str | Path,
+                  config: Stage2Config, progress: Progress | None = None,
+                  data_summary: dict | None = None) -> SegmenterFit:
+    """Train, select, calibrate (on val, else on the training pairs) and save a segmenter."""
+    started = time.perf_counter()
+    progress = progress or NullProgress()
+    store = MaskedStore(pseudo_dir)
+    fitted = train_segmenter(store, config, val_store, progress)
+    calib = val_store if val_store is not None else store.pairs
+    progress.update("stage 2: calibrate threshold", 0, 1)
+    t = calibrate(fitted.network, calib, fitted.normalization, resolve_device(config.device),
+                  config.scales, config.batch_size)
+    progress.update("stage 2: calibrate threshold", 1, 1, f"threshold {t:.3f}")
+    labels = store.pairs.labels
+    network = fitted.network
+    card = ModelCard(
+        network=network.config, normalization=fitted.normalization,
+        tile_size=int(store.pairs.shape[1]), threshold=t, scales=tuple(config.scales),
+        band_names=tuple(f"band{i + 1}" for i in range(network.config.in_channels)),
+        threshold_rule=threshold.RULE + f" (calibrated on the {calib.split} split)",
+        kind=SEGMENTER,
+        training={
+            **(data_summary or {}),
+            "stage": 2,
+            "config": {k: v for k, v in asdict(config).items() if k != "device"},
+            "train_tiles": len(store), "train_changed": int(np.sum(labels)),
+            "val_tiles": len(val_store) if val_store is not None else 0,
+            "model_selection": SELECTION if val_store is not None else "last epoch",
+            "pseudo_labels": store.summary,
+            "best_epoch": fitted.best_epoch, "history": fitted.history,
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+    )
+    fitted.path = save_checkpoint(output, network, card)
+    fitted.card = card
+    return fitted

@@ -1,0 +1,166 @@
+"""The whole two-stage pipeline: KD-MSI training, pseudo labels, segmenter training.
+
+Intermediate results stay in ``<output stem>.stages/`` beside the output: ``stage1.safetensors``
+(with its teacher), ``pseudo/`` (the pseudo labels, viewable in any GIS) and, for the GIS
+form, ``tiles/`` (the tiles sampled in the label areas). Each appears complete or not at
+all, so a run started again with the same settings resumes after the last finished step;
+``stages.json`` records those settings and a run with other ones is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning
+
+from kdmsi_core.errors import OutputError
+from kdmsi_core.progress import NullProgress, Progress
+from kdmsi_train import fit
+from kdmsi_train.datasets import PairStore, TileFolder
+from kdmsi_train.pseudo import SUMMARY, write_pseudo_labels
+from kdmsi_train.stage2 import SegmenterFit, Stage2Config, fit_segmenter
+from kdmsi_train.trainer import TrainConfig
+
+SETTINGS = "stages.json"
+VAL_SHARE = 15  # percent of the GIS-form tiles that validate, as in the first stage alone
+
+
+def work_dir(output: Path) -> Path:
+    """Where the intermediate results of ``output`` live."""
+    return output.with_name(f"{output.stem}.stages")
+
+
+def stage2_config(config: TrainConfig, epochs: int | None = None) -> Stage2Config:
+    """The segmenter's settings that follow the first stage's (encoder, batches, optimiser)."""
+    return Stage2Config(backbone=config.backbone, strides=config.strides,
+                        epochs=epochs or Stage2Config.epochs, batch_size=config.batch_size,
+                        optimizer=config.optimizer, lr=config.lr,
+                        weight_decay=config.weight_decay, augment=config.augment,
+                        seed=config.seed, device=config.device, pretrained=config.pretrained)
+
+
+def _settings(work: Path, settings: dict) -> None:
+    """Record the settings of a new run, or check that a resumed one has the same."""
+    path = work / SETTINGS
+    settings = json.loads(json.dumps(settings))
+    if path.is_file():
+        if json.loads(path.read_text()) != settings:
+            raise OutputError(f"{work} holds the intermediate results of a run with other "
+                              "settings; delete that folder or choose another output name.")
+        return
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _run(data_dir: Path, output: Path, config: TrainConfig, stage2: Stage2Config,
+         work: Path, progress: Progress, summary: dict) -> SegmenterFit:
+    stage1 = work / "stage1.safetensors"
+    if stage1.is_file():
+        progress.update("stage 1", 1, 1, f"reusing {stage1}")
+    else:
+        fit.fit_tile_folder(data_dir, stage1, config, overwrite=True, keep_teacher=True,
+                            progress=progress)
+    pseudo = work / "pseudo"
+    if (pseudo / SUMMARY).is_file():
+        progress.update("pseudo labels", 1, 1, f"reusing {pseudo}")
+    else:
+        write_pseudo_labels(data_dir, stage1, pseudo, "train", batch_size=config.batch_size,
+                            device=config.device, overwrite=True, progress=progress)
+    val = None
+    if (data_dir / "list" / "val_label.txt").is_file():
+        val = PairStore(TileFolder.open(data_dir, "val"))
+    stage2 = replace(stage2, init=str(stage1))
+    return fit_segmenter(pseudo, val, output, stage2, progress,
+                         {**summary, "stage1_model": str(stage1)})
+
+
+def fit_tile_folder(data_dir: str | Path, output: str | Path, config: TrainConfig,
+                    overwrite: bool = False, keep_teacher: bool = False,
+                    progress: Progress | None = None,
+                    stage2_epochs: int | None = None) -> SegmenterFit:
+    """Both stages on a tile folder; writes the segmenter to ``output``. ``keep_teacher``
+    has no effect here: the first stage's checkpoint always keeps its teacher."""
+    output, data_dir = Path(output), Path(data_dir)
+    fit.check_output(output, overwrite)
+    work = work_dir(output)
+    work.mkdir(exist_ok=True)
+    stage2 = stage2_config(config, stage2_epochs)
+    _settings(work, {"data": str(data_dir.resolve()), "stage1": _config_dict(config)})
+    return _run(data_dir, output, config, stage2, work, progress or NullProgress(),
+                {"data": str(data_dir)})
+
+
+def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | Path,
+              config: TrainConfig, tile_size: int = 128, samples: int = 2000,
+              overwrite: bool = False, keep_teacher: bool = False,
+              progress: Progress | None = None,
+              stage2_epochs: int | None = None) -> SegmenterFit:
+    """Both stages on tiles sampled inside drawn label areas (kept in ``tiles/``)."""
+    output = Path(output)
+    fit.check_output(output, overwrite)
+    progress = progress or NullProgress()
+    work = work_dir(output)
+    work.mkdir(exist_ok=True)
+    stage2 = stage2_config(config, stage2_epochs)
+    _settings(work, {"t1": str(Path(t1).resolve()), "t2": str(Path(t2).resolve()),
+                     "labels": str(Path(labels).resolve()), "tile_size": tile_size,
+                     "samples": samples, "stage1": _config_dict(config)})
+    tiles = work / "tiles"
+    if not (tiles / "list" / "train_label.txt").is_file():
+        progress.update("sample tiles", 0, 1)
+        write_area_tiles(t1, t2, labels, tiles, tile_size, samples, config.seed)
+        progress.update("sample tiles", 1, 1)
+    return _run(tiles, output, config, stage2, work, progress,
+                {"t1": str(t1), "t2": str(t2), "labels": str(labels)})
+
+
+def _config_dict(config: TrainConfig) -> dict:
+    return {k: v for k, v in asdict(config).items() if k != "device"}
+
+
+def write_area_tiles(t1: str | Path, t2: str | Path, labels: str | Path, root: Path,
+                     tile_size: int, samples: int, seed: int) -> Path:
+    """The tiles the GIS form samples, as a tile folder (GeoTIFF tiles without a grid):
+    train, and val (15 %, when that leaves both labels in it). Written all at once."""
+    from kdmsi_train.areas import AreaStore
+
+    store = AreaStore(Path(t1), Path(t2), Path(labels), tile_size, samples, seed)
+    order = np.random.default_rng(seed).permutation(len(store))
+    n_val = len(store) * VAL_SHARE // 100
+    splits = {"train": np.sort(order[n_val:]), "val": np.sort(order[:n_val])}
+    if n_val < 4 or store.labels[splits["val"]].min() == store.labels[splits["val"]].max():
+        splits = {"train": np.arange(len(store))}
+    tmp = Path(tempfile.mkdtemp(prefix=".kdmsi-tiles-", dir=root.parent))
+    try:
+        for sub in ("A", "B", "list"):
+            (tmp / sub).mkdir()
+        a, b = store.batch(np.arange(len(store)))
+        for i in range(len(store)):
+            for sub, x in (("A", a[i]), ("B", b[i])):
+                _write_tile(tmp / sub / f"tile_{i:05d}.tif", x)
+        for split, idx in splits.items():
+            (tmp / "list" / f"{split}_label.txt").write_text(
+                "".join(f"tile_{i:05d}.tif,{int(store.labels[i])}\n" for i in idx))
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _write_tile(path: Path, x: np.ndarray) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="GTiff", width=x.shape[2], height=x.shape[1],
+                           count=x.shape[0], dtype=x.dtype) as ds:
+            ds.write(x)
+
