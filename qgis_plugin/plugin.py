@@ -7,12 +7,13 @@ outputs (styled by the algorithm) into the project when it succeeds.
 
 from __future__ import annotations
 
-from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+from qgis.core import QgsApplication, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.PyQt import sip
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction, QDialog
+from qgis.PyQt.QtWidgets import QAction, QComboBox, QDialog
 
 from .algorithm import ICON
+from .inputs import acquisition_date
 from .provider import KdmsiProvider
 
 ALGORITHM_ID = "kdmsi:detectchanges"
@@ -59,7 +60,11 @@ class KdmsiPlugin:
 
         if not self._dialog_open():
             self.dialog = processing.createAlgorithmDialog(ALGORITHM_ID)
-            self.dialog.setParameters(_default_images())
+            images = default_images(QgsProject.instance())
+            if images:
+                self.dialog.setParameters(images)
+            else:
+                _leave_images_empty(self.dialog)
         self.dialog.show()
         self.dialog.raise_()
         self.dialog.activateWindow()
@@ -71,13 +76,34 @@ class KdmsiPlugin:
         return dialog is not None and not sip.isdeleted(dialog) and dialog.isVisible()
 
 
-def _default_images() -> dict[str, QgsRasterLayer]:
-    """T1 and T2 from the two topmost raster files, the newer on top as after adding T2 last.
+def default_images(project: QgsProject) -> dict[str, QgsRasterLayer]:
+    """T1 and T2 when the project says which is which, else nothing.
 
-    Left alone, Processing would offer the same layer as both images; web basemaps are
-    skipped because the algorithm refuses them.
+    That is when it holds exactly two local rasters whose metadata date them differently;
+    layer order or names are guesses that swap the dates silently when wrong. Web basemaps
+    are not counted because the algorithm refuses them.
     """
-    layers = [node.layer() for node in QgsProject.instance().layerTreeRoot().findLayers()]
+    layers = [node.layer() for node in project.layerTreeRoot().findLayers()]
     rasters = [layer for layer in layers
                if isinstance(layer, QgsRasterLayer) and layer.providerType() == "gdal"]
-    return {"T1": rasters[1], "T2": rasters[0]} if len(rasters) >= 2 else {}
+    if len(rasters) != 2:
+        return {}
+    first, second = (acquisition_date(layer.source()) for layer in rasters)
+    if first is None or second is None or first == second:
+        return {}
+    earlier, later = rasters if first < second else rasters[::-1]
+    return {"T1": earlier, "T2": later}
+
+
+def _leave_images_empty(dialog: QDialog) -> None:
+    """Processing fills every required layer box with the first layer, so one raster would be
+    offered as both images; empty boxes make the user choose instead."""
+    from qgis.gui import QgsMapLayerComboBox
+
+    for child in dialog.findChildren(QComboBox):
+        if child.metaObject().className() != "QgsMapLayerComboBox":
+            continue
+        combo = sip.cast(child, QgsMapLayerComboBox)  # PyQt hands it over as a QComboBox
+        if combo.filters() & QgsMapLayerProxyModel.RasterLayer:
+            combo.setAllowEmptyLayer(True)
+            combo.setLayer(None)

@@ -1,16 +1,26 @@
-"""The ``kdmsi`` Processing provider and its one setting, the path of ``kdmsi-geo``."""
+"""The ``kdmsi`` Processing provider, its one setting (the path of ``kdmsi-geo``), and the
+graphical models shipped with the plugin."""
 
 from __future__ import annotations
 
-from qgis.core import QgsProcessingProvider
+import os
+from pathlib import Path
+
+from qgis.core import QgsProcessingModelAlgorithm, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from .algorithm import ICON, DetectChangesAlgorithm
+from .algorithm import ICON
+from .detect import DetectChangesAlgorithm
+from .modelinfo import ModelInfoAlgorithm
 from .runner import EXECUTABLE_ENV, EXECUTABLE_SETTING
+from .train import TrainModelAlgorithm
+
+MODELS = Path(os.path.dirname(__file__)) / "models"
 
 
 class KdmsiProvider(QgsProcessingProvider):
-    """Registers ``kdmsi:detectchanges`` and the 'kdmsi-geo executable' option."""
+    """Registers the kdmsi algorithms, the shipped models and the 'kdmsi-geo executable'
+    option."""
 
     def id(self) -> str:
         return "kdmsi"
@@ -45,7 +55,12 @@ class KdmsiProvider(QgsProcessingProvider):
         ProcessingConfig.removeSetting(EXECUTABLE_SETTING)
 
     def loadAlgorithms(self) -> None:
-        self.addAlgorithm(DetectChangesAlgorithm())
+        for algorithm in (DetectChangesAlgorithm(), TrainModelAlgorithm(), ModelInfoAlgorithm()):
+            self.addAlgorithm(algorithm)
+        for path in sorted(MODELS.glob("*.model3")):
+            model = QgsProcessingModelAlgorithm()
+            if model.fromFile(str(path)):
+                self.addAlgorithm(model)
 
     # kdmsi-geo writes a GeoTIFF and a GeoPackage, nothing else: offer only those.
     def supportedOutputRasterLayerExtensions(self) -> list[str]:

@@ -11,17 +11,27 @@ import contextlib
 import json
 import os
 import queue
+import re
+import shlex
 import shutil
 import signal
 import subprocess
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from qgis.core import QgsProcessingException, QgsProcessingFeedback
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsMessageLog,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+)
 
 EXECUTABLE_SETTING = "KDMSI_GEO_EXECUTABLE"
 EXECUTABLE_ENV = "KDMSI_GEO_EXECUTABLE"
 EXECUTABLE_NAME = "kdmsi-geo"
+LOG_TAG = "KD-MSI"
 
 INSTALL_HINT = (
     "Install it into a Python environment of its own "
@@ -40,6 +50,8 @@ _FOREIGN_ENV = ("PYTHONHOME", "PYTHONPATH", "PROJ_DATA", "PROJ_LIB", "GDAL_DATA"
 # How long a cancelled core may take to delete its temporaries before it is killed.
 _TERMINATE_GRACE_S = 5.0
 _POLL_S = 0.1
+# Reading a model card imports PyTorch: seconds, not minutes.
+_QUERY_TIMEOUT_S = 120
 CANCELLED = "Cancelled: kdmsi-geo was stopped and wrote no outputs."
 
 
@@ -75,19 +87,26 @@ def core_environment() -> dict[str, str]:
     return env
 
 
-def run_core(command: Sequence[str], feedback: QgsProcessingFeedback) -> dict:
+def run_core(command: Sequence[str], feedback: QgsProcessingFeedback, stages: Stages,
+             log: RunLog, wording: dict[str, str] | None = None) -> dict:
     """Run one ``kdmsi-geo ... --progress json`` call; return the summary of its last line.
 
-    Raises :class:`QgsProcessingException` with the core's own ``Error:`` sentence when it
-    fails, and after terminating it when ``feedback`` is cancelled.
+    Progress goes onto one monotonic bar weighted by ``stages``; text appears before the
+    core has printed anything. Raises :class:`QgsProcessingException` with the core's own
+    ``Error:`` sentence (logged once, not echoed) when it fails, and after terminating it
+    when ``feedback`` is cancelled. ``wording`` replaces the core's option names in its
+    messages by the parameters' names, e.g. ``--bands`` by ``BANDS``.
     """
     posix = os.name == "posix"
+    log.command(command)
+    progress = _ProgressMapper(feedback, stages, log)
+    progress.starting()
     try:
         process = _start(command, posix)
     except OSError as exc:
-        raise QgsProcessingException(
-            f"{command[0]} could not be started ({exc.strerror or exc}). {INSTALL_HINT}"
-        ) from exc
+        message = f"{command[0]} could not be started ({exc.strerror or exc}). {INSTALL_HINT}"
+        log.error(message)
+        raise QgsProcessingException(message) from exc
     lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
     pumps = [
         threading.Thread(target=_pump, args=(stream, name, lines), daemon=True)
@@ -96,13 +115,13 @@ def run_core(command: Sequence[str], feedback: QgsProcessingFeedback) -> dict:
     for pump in pumps:
         pump.start()
 
-    progress = _ProgressMapper(feedback)
     errors: list[str] = []
     open_streams = len(pumps)
     try:
         while open_streams:
             if feedback.isCanceled():
                 _terminate(process)
+                log.error(CANCELLED)
                 raise QgsProcessingException(CANCELLED)
             try:
                 name, line = lines.get(timeout=_POLL_S)
@@ -114,7 +133,8 @@ def run_core(command: Sequence[str], feedback: QgsProcessingFeedback) -> dict:
                 progress.line(line)
             else:
                 errors.append(line.rstrip("\n"))
-                feedback.pushConsoleInfo(line.rstrip("\n"))
+                if not line.startswith("Error: "):
+                    log.console(line.rstrip("\n"))
         returncode = process.wait()
     finally:
         if process.poll() is None:
@@ -123,13 +143,44 @@ def run_core(command: Sequence[str], feedback: QgsProcessingFeedback) -> dict:
             pump.join(timeout=1.0)
 
     if returncode != 0:
-        raise QgsProcessingException(_failure_message(returncode, errors))
+        message = _failure_message(returncode, errors)
+        for option, parameter in (wording or {}).items():
+            message = re.sub(rf"{re.escape(option)}\b", parameter, message)
+        log.error(message)
+        raise QgsProcessingException(message)
     if progress.summary is None:
-        raise QgsProcessingException(
-            "kdmsi-geo finished without reporting its outputs; it may be older than this "
-            "plugin: update it (pip install --upgrade kdmsi-geo)."
-        )
+        message = ("kdmsi-geo finished without reporting its outputs; it may be older than this "
+                   "plugin: update it (pip install --upgrade kdmsi-geo).")
+        log.error(message)
+        raise QgsProcessingException(message)
     return progress.summary
+
+
+def read_json(command: Sequence[str]) -> dict:
+    """Run a short ``kdmsi-geo`` query that prints one JSON object (e.g. ``info --json``)."""
+    try:
+        done = subprocess.run(list(command), stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, encoding="utf-8", errors="replace",
+                              env=core_environment(), timeout=_QUERY_TIMEOUT_S, check=False,
+                              creationflags=0 if os.name == "posix"
+                              else subprocess.CREATE_NO_WINDOW)
+    except OSError as exc:
+        raise QgsProcessingException(
+            f"{command[0]} could not be started ({exc.strerror or exc}). {INSTALL_HINT}"
+        ) from exc
+    except subprocess.TimeoutExpired:
+        raise QgsProcessingException(
+            f"{shlex.join(command)} gave no answer within {_QUERY_TIMEOUT_S} s; check that "
+            "kdmsi-geo runs from a terminal.") from None
+    if done.returncode != 0:
+        raise QgsProcessingException(_failure_message(done.returncode,
+                                                      done.stderr.splitlines()))
+    try:
+        return json.loads(done.stdout)
+    except json.JSONDecodeError:
+        raise QgsProcessingException(
+            f"{shlex.join(command)} did not print JSON; it may be older than this plugin: "
+            "update it (pip install --upgrade kdmsi-geo).") from None
 
 
 def _start(command: Sequence[str], posix: bool) -> subprocess.Popen:
@@ -149,13 +200,112 @@ def _start(command: Sequence[str], posix: bool) -> subprocess.Popen:
     )
 
 
-class _ProgressMapper:
-    """Turns the core's JSON progress lines into progress, progress text and log lines."""
+@dataclass(frozen=True)
+class Stage:
+    """A stage of a core run: its name (a regular expression; a repeated stage such as
+    ``epoch 3/10`` captures its index and count), its share of the bar, and its label."""
+
+    pattern: str
+    weight: float
+    label: str
+
+
+class Stages:
+    """Where a stage update puts the one bar: stages fill consecutive weighted spans.
+
+    ``starting`` is the text shown while the core starts, before its first line.
+    """
+
+    def __init__(self, stages: Sequence[Stage], starting: str) -> None:
+        self.starting = starting
+        total = sum(s.weight for s in stages)
+        self._spans: list[tuple[re.Pattern[str], float, float, str]] = []
+        start = 0.0
+        for stage in stages:
+            share = 100.0 * stage.weight / total
+            self._spans.append((re.compile(stage.pattern), start, share, stage.label))
+            start += share
+
+    def locate(self, stage: str, done: int, total: int) -> tuple[str, float] | None:
+        """(label, percent of the whole run) for an update, or None for an unknown stage."""
+        for pattern, start, share, label in self._spans:
+            match = pattern.fullmatch(stage)
+            if match is None:
+                continue
+            fraction = min(done, total) / total if total > 0 else 0.0
+            repeat = [int(g) for g in match.groups() if g is not None]
+            if len(repeat) == 2:
+                index, count = repeat
+                fraction = (index - 1 + fraction) / max(count, 1)
+            return label, start + share * min(max(fraction, 0.0), 1.0)
+        return None
+
+
+class RunLog:
+    """Where a run's messages go: the Processing log and the "KD-MSI" Log Messages tab.
+
+    Identical console lines are written once: a warning repeated per tile says nothing new.
+    """
 
     def __init__(self, feedback: QgsProcessingFeedback) -> None:
         self.feedback = feedback
+        self._seen: set[str] = set()
+
+    def command(self, command: Sequence[str]) -> None:
+        text = shlex.join(command)
+        self.feedback.pushCommandInfo(text)
+        _message_log(text, Qgis.Info)
+
+    def text(self, text: str) -> None:
+        """Progress text: Processing's dialog also writes it to its log, so it is rationed."""
+        self.feedback.setProgressText(text)
+        _message_log(text, Qgis.Info)
+
+    def info(self, text: str) -> None:
+        self.feedback.pushInfo(text)
+        _message_log(text, Qgis.Info)
+
+    def warning(self, text: str) -> None:
+        self.feedback.pushWarning(text)
+        _message_log(text, Qgis.Warning)
+
+    def console(self, text: str) -> None:
+        if text.strip() and text not in self._seen:
+            self._seen.add(text)
+            self.feedback.pushConsoleInfo(text)
+            _message_log(text, Qgis.Info)
+
+    def error(self, text: str) -> None:
+        """Only the message tab: Processing reports the exception that follows itself."""
+        _message_log(text, Qgis.Critical)
+
+
+def _message_log(text: str, level: Qgis.MessageLevel) -> None:
+    """The "KD-MSI" tab; qgis_process has no panel and would print everything twice."""
+    if QgsApplication.instance().platform() != "qgis_process":
+        QgsMessageLog.logMessage(text, LOG_TAG, level, notifyUser=level == Qgis.Critical)
+
+
+class _ProgressMapper:
+    """Turns the core's JSON progress lines into one monotonic bar and a rationed log.
+
+    The bar never moves back; the text (and so the dialog's log) changes once per stage and
+    at most once per tenth of the run.
+    """
+
+    def __init__(self, feedback: QgsProcessingFeedback, stages: Stages, log: RunLog) -> None:
+        self.feedback = feedback
+        self.stages = stages
+        self.log = log
         self.summary: dict | None = None
-        self._stage: str | None = None
+        self._label: str | None = None
+        self._percent = 0.0
+        self._tenth = 0
+
+    def starting(self) -> None:
+        """Text before the core prints anything: starting it takes seconds."""
+        self.feedback.setProgress(self._percent)
+        self.log.text(self.stages.starting)
 
     def line(self, text: str) -> None:
         text = text.strip()
@@ -164,26 +314,38 @@ class _ProgressMapper:
         try:
             record = json.loads(text)
         except json.JSONDecodeError:
-            self.feedback.pushConsoleInfo(text)
+            self.log.console(text)
             return
         if not isinstance(record, dict):
-            self.feedback.pushConsoleInfo(text)
+            self.log.console(text)
             return
         stage = str(record.get("stage", ""))
         done, total = int(record.get("done", 0)), int(record.get("total", 0))
         message = str(record.get("message", ""))
         if stage == "done" and "summary" in record:
             self.summary = record["summary"]
-            self.feedback.setProgress(100.0)
+            self._advance(100.0)
             if message:
-                self.feedback.pushInfo(message)
+                self.log.info(message)
             return
-        if stage != self._stage:
-            self._stage = stage
-            self.feedback.pushInfo(f"{stage}: {message}" if message else stage)
-        if total > 0:
-            self.feedback.setProgress(100.0 * min(done, total) / total)
-        self.feedback.setProgressText(f"{stage} {done}/{total}" if total else stage)
+        located = self.stages.locate(stage, done, total)
+        label, percent = located if located else (stage, self._percent)
+        if label != self._label:
+            self._label = label
+            self._advance(percent)
+            self._tenth = int(self._percent // 10)
+            self.log.text(f"{label}: {message}" if message else label)
+            return
+        self._advance(percent)
+        if int(self._percent // 10) > self._tenth:
+            self._tenth = int(self._percent // 10)
+            detail = f" ({message})" if message else ""
+            self.log.text(f"{self._percent:.0f} % – {label}{detail}")
+
+    def _advance(self, percent: float) -> None:
+        if percent > self._percent:
+            self._percent = percent
+            self.feedback.setProgress(percent)
 
 
 def _pump(stream, name: str, lines: queue.Queue) -> None:

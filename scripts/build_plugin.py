@@ -2,9 +2,10 @@
 
 Usage: python scripts/build_plugin.py [--out DIR]
 
-The zip holds one folder, kdmsi_geo/, with the plugin's Python modules and icon from
-qgis_plugin/, plus metadata.txt and LICENSE from the repository root; nothing else (no
-tests, caches or models: the plugin runs kdmsi-geo, which brings its own model).
+The zip holds one folder, kdmsi_geo/, with the plugin's Python modules, icon and graphical
+models (.model3) from qgis_plugin/, plus metadata.txt and LICENSE from the repository root;
+nothing else (no tests, caches or network weights: the plugin runs kdmsi-geo, which brings
+its own model).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "qgis_plugin"
 FOLDER = "kdmsi_geo"
-SHIPPED_SUFFIXES = {".py", ".svg"}
+SHIPPED_SUFFIXES = {".py", ".svg", ".model3"}
 
 
 def plugin_version(metadata: Path = ROOT / "metadata.txt") -> str:

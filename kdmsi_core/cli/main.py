@@ -31,9 +31,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from kdmsi_core.cli import detect, evaluate, pseudo_label, synth, train
+    from kdmsi_core.cli import detect, evaluate, info, pseudo_label, synth, train
 
-    for module in (detect, synth, train, evaluate, pseudo_label):
+    for module in (detect, synth, train, evaluate, pseudo_label, info):
         cli.add_command(module.command)
 
 

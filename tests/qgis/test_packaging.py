@@ -8,10 +8,18 @@ import os
 import shutil
 import subprocess
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from qgis.core import QgsRasterLayer, QgsVectorLayer
+from qgis.core import (
+    QgsCoordinateTransformContext,
+    QgsRasterLayer,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+)
+
+from tests.qgis.test_training import drawn_layer
 
 FOLDER = "kdmsi_geo"
 METADATA_KEYS = {"name", "qgisMinimumVersion", "description", "about", "version", "author",
@@ -55,33 +63,67 @@ def qgis_process_env(tmp_path: Path, core_executable: str) -> dict[str, str]:
     return env
 
 
-def test_installed_zip_runs_from_qgis_process(plugin_zip: Path, pair: dict[str, str],
-                                              random_model: str,
-                                              qgis_process_env: dict[str, str],
-                                              tmp_path: Path) -> None:
-    qgis_process = shutil.which("qgis_process.bin")
-    assert qgis_process, "qgis_process.bin not found: install Debian's qgis package"
+@pytest.fixture
+def qgis_process(plugin_zip: Path, qgis_process_env: dict[str, str]
+                 ) -> Callable[..., subprocess.CompletedProcess]:
+    """``qgis_process.bin`` with the zip installed and enabled in a throwaway profile."""
+    executable = shutil.which("qgis_process.bin")
+    assert executable, "qgis_process.bin not found: install Debian's qgis package"
     plugins = Path(qgis_process_env["XDG_DATA_HOME"], "QGIS/QGIS3/profiles/default/python/plugins")
     plugins.mkdir(parents=True)
     zipfile.ZipFile(plugin_zip).extractall(plugins)
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([qgis_process, *args], env=qgis_process_env, capture_output=True,
+        return subprocess.run([executable, *args], env=qgis_process_env, capture_output=True,
                               text=True, timeout=300, check=False)
 
     assert run("plugins", "enable", FOLDER).returncode == 0
+    return run
+
+
+def test_installed_zip_runs_from_qgis_process(qgis_process, pair: dict[str, str],
+                                              random_model: str, tmp_path: Path) -> None:
     # qgis_process runs Debian's Python, which has no torch: the plugin loads without it.
-    listing = run("list")
-    assert "kdmsi:detectchanges" in listing.stdout, listing.stdout + listing.stderr
+    listing = qgis_process("list")
+    for alg_id in ("kdmsi:detectchanges", "kdmsi:trainmodel", "kdmsi:modelinfo",
+                   "kdmsi:Train a model and detect changes"):
+        assert alg_id in listing.stdout, listing.stdout + listing.stderr
 
     probability, changes = tmp_path / "probability.tif", tmp_path / "changes.gpkg"
-    done = run("run", "kdmsi:detectchanges", "--json", "--", f"T1={pair['t1']}",
-               f"T2={pair['t2']}", f"MODEL={random_model}", "TILE_SIZE=128", "SCALES=1",
-               "DEVICE=cpu",
-               f"PROBABILITY={probability}", f"CHANGES={changes}")
+    done = qgis_process("run", "kdmsi:detectchanges", "--json", "--", f"T1={pair['t1']}",
+                        f"T2={pair['t2']}", f"MODEL={random_model}", "TILE_SIZE=128",
+                        "SCALES=1", "DEVICE=cpu", "BANDS=1", "BANDS=2", "BANDS=3",
+                        f"PROBABILITY={probability}", f"CHANGES={changes}")
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads(done.stdout)["results"]
     assert results["PROBABILITY"] == str(probability)
     assert results["CHANGES"] == str(changes)
     assert QgsRasterLayer(str(probability), "p").isValid()
+    assert QgsVectorLayer(str(changes), "c", "ogr").isValid()
+
+
+def test_qgis_process_trains_from_a_drawn_layer_then_detects_with_the_model(
+        qgis_process, pair: dict[str, str], tmp_path: Path) -> None:
+    """The shipped graphical model: kdmsi:trainmodel, then kdmsi:detectchanges with its model."""
+    # Areas drawn in QGIS and saved as a GeoPackage, the flag in a field of the user's naming.
+    drawn = drawn_layer(pair, field="moved")
+    labels = tmp_path / "areas.gpkg"
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName = "GPKG"
+    error = QgsVectorFileWriter.writeAsVectorFormatV3(
+        drawn, str(labels), QgsCoordinateTransformContext(), options)
+    assert error[0] == QgsVectorFileWriter.NoError, error
+
+    model, changes = tmp_path / "drawn.safetensors", tmp_path / "changes.gpkg"
+    done = qgis_process("run", "kdmsi:Train a model and detect changes", "--json", "--",
+                        f"T1={pair['t1']}", f"T2={pair['t2']}", f"LABELS={labels}",
+                        "CHANGED_FIELD=moved", "EPOCHS=1", "TILE_SIZE=64", "SAMPLES=48",
+                        f"train:MODEL={model}", f"detect:PROBABILITY={tmp_path / 'p.tif'}",
+                        f"detect:CHANGES={changes}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(done.stdout)["results"]
+    assert results["train:MODEL"] == str(model) and model.is_file()
+    # Detection ran with the model training had just written.
+    assert f"--model {model}" in json.dumps(json.loads(done.stdout)["log"])
+    assert QgsRasterLayer(results["detect:PROBABILITY"], "p").isValid()
     assert QgsVectorLayer(str(changes), "c", "ogr").isValid()

@@ -25,32 +25,79 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
+from tests.qgis.conftest import make_data
+
 ALG = "kdmsi:detectchanges"
 FAST = {"TILE_SIZE": 128, "SCALES": "1"}
 NEAR_M = 3.0
 
 
 class RecordingFeedback(QgsProcessingFeedback):
-    """Keeps what the algorithm reports, as the Processing dialog would show it."""
+    """Keeps what the algorithm reports, as the Processing dialog would show it.
+
+    ``log`` holds every line the dialog's log would show (its progress text included, which
+    Processing's dialog writes to the log too), with the seconds since the feedback was made.
+    """
 
     def __init__(self) -> None:
         super().__init__()
+        self.started = time.monotonic()
         self.progress: list[float] = []
-        self.texts: list[str] = []
+        self.texts: list[tuple[float, str]] = []
         self.commands: list[str] = []
+        self.warnings: list[str] = []
+        self.log: list[str] = []
         self.progressChanged.connect(self.progress.append)
 
     def setProgressText(self, text: str) -> None:
-        self.texts.append(text)
+        self.texts.append((time.monotonic() - self.started, text))
+        self.log.append(text)
         super().setProgressText(text)
 
     def pushCommandInfo(self, info: str) -> None:
         self.commands.append(info)
+        self.log.append(info)
         super().pushCommandInfo(info)
 
+    def pushInfo(self, info: str) -> None:
+        self.log.append(info)
+        super().pushInfo(info)
 
-def core_children() -> list[int]:
-    """Pids of running kdmsi-geo processes started by this test process (Linux)."""
+    def pushConsoleInfo(self, info: str) -> None:
+        self.log.append(info)
+        super().pushConsoleInfo(info)
+
+    def pushWarning(self, warning: str) -> None:
+        self.warnings.append(warning)
+        self.log.append(warning)
+        super().pushWarning(warning)
+
+    def reportError(self, error: str, fatalError: bool = False) -> None:
+        self.log.append(error)
+        super().reportError(error, fatalError)
+
+
+class MessageTab:
+    """What reaches a tab of QGIS's Log Messages panel while it is open."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.messages: list[str] = []
+
+    def __enter__(self) -> MessageTab:
+        QgsApplication.messageLog().messageReceived.connect(self._received)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        QgsApplication.messageLog().messageReceived.disconnect(self._received)
+
+    def _received(self, message: str, tag: str, _level: object) -> None:
+        if tag == self.tag:
+            self.messages.append(message)
+
+
+def core_children(command: str = "detect") -> list[int]:
+    """Pids of running kdmsi-geo ``command`` processes started by this test process (Linux)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -61,7 +108,8 @@ def core_children() -> list[int]:
         except OSError:
             continue
         fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-        if int(fields["PPid"]) == os.getpid() and "detect" in cmdline and fields["State"][0] != "Z":
+        if (int(fields["PPid"]) == os.getpid() and f" {command} " in cmdline
+                and fields["State"][0] != "Z"):
             pids.append(int(entry.name))
     return pids
 
@@ -71,15 +119,53 @@ def test_provider_parameters_and_help(plugin) -> None:
     assert registry.providerById("kdmsi").name() == "KD-MSI change detection"
     alg = registry.algorithmById(ALG)
     names = [p.name() for p in alg.parameterDefinitions()]
-    assert names == ["T1", "T2", "MODEL", "THRESHOLD", "MIN_AREA", "TILE_SIZE", "OVERLAP",
-                     "SCALES", "DEVICE", "PROBABILITY", "CHANGES"]
+    assert names == ["T1", "T2", "MODEL", "BANDS", "THRESHOLD", "MIN_AREA", "TILE_SIZE",
+                     "OVERLAP", "SCALES", "DEVICE", "PROBABILITY", "CHANGES"]
     required = {p.name() for p in alg.parameterDefinitions()
                 if not p.flags() & p.FlagOptional and p.defaultValue() is None}
     assert required == {"T1", "T2", "PROBABILITY", "CHANGES"}
     assert all(p.help() for p in alg.parameterDefinitions())
     assert {o.name() for o in alg.outputDefinitions()} >= {"PROBABILITY", "CHANGES"}
-    assert "arXiv 2403.05796" in alg.shortHelpString()
-    assert "Multiscale Sigmoid Inference" in alg.shortHelpString()
+    help_text = alg.shortHelpString()
+    assert "arXiv 2403.05796" in help_text
+    assert "Multiscale Sigmoid Inference" in help_text
+    # Every parameter that may be left empty says in the help what empty means.
+    for parameter in alg.parameterDefinitions():
+        if parameter.flags() & parameter.FlagOptional or parameter.defaultValue() is not None:
+            assert "Default" in parameter.help(), parameter.name()
+            assert parameter.help() in help_text
+    assert "red, green, blue" in alg.parameterDefinition("MODEL").help()
+
+
+def test_found_in_the_toolbox_by_what_users_type(plugin) -> None:
+    from qgis.gui import QgsProcessingToolboxModel, QgsProcessingToolboxProxyModel
+
+    registry = QgsApplication.processingRegistry()
+    ids = {"kdmsi:detectchanges", "kdmsi:trainmodel", "kdmsi:modelinfo"}
+    for alg_id in ids:
+        alg = registry.algorithmById(alg_id)
+        assert alg.group() == "Change detection" and alg.groupId() == "changedetection"
+        assert alg.helpUrl().startswith("https://github.com/kdmsi-geo/kdmsi-geo#")
+    assert registry.algorithmById(ALG).helpUrl().endswith("#qgis-plugin")
+
+    model = QgsProcessingToolboxModel(None, registry)
+    proxy = QgsProcessingToolboxProxyModel(None, registry)
+    proxy.setSourceModel(model)
+
+    def found(text: str) -> set[str]:
+        proxy.setFilterString(text)
+        hits, pending = set(), [proxy.index(r, 0) for r in range(proxy.rowCount())]
+        while pending:
+            index = pending.pop()
+            alg = model.algorithmForIndex(proxy.mapToSource(index))
+            if alg is not None:
+                hits.add(alg.id())
+            pending += [proxy.index(r, 0, index) for r in range(proxy.rowCount(index))]
+        return hits
+
+    for text in ("difference", "compare", "change", "before after"):
+        assert ALG in found(text), text
+    assert "kdmsi:trainmodel" in found("train")
 
 
 def test_detects_the_change_with_the_default_model(plugin, pair, tmp_path: Path) -> None:
@@ -96,6 +182,9 @@ def test_detects_the_change_with_the_default_model(plugin, pair, tmp_path: Path)
     assert probability.crs() == t1_crs == changes.crs()
     assert t1_crs == QgsCoordinateReferenceSystem("EPSG:32633")
     assert changes.featureCount() == result["POLYGONS"] > 0
+    # No speckle: the default minimum area is 2 cells of the model's 16-pixel output grid.
+    assert result["MIN_AREA_USED"] == pytest.approx(2 * 16 * 16 * 0.5 * 0.5)
+    assert min(f["area_m2"] for f in changes.getFeatures()) >= result["MIN_AREA_USED"]
 
     # Polygons lie on the change: it is hit, and the detected area falls on or next to it
     # (class activation maps are blobby, hence the few metres of slack) far more often than
@@ -125,14 +214,82 @@ def test_all_options_progress_and_processing_setting(plugin, pair, random_model,
     }, feedback=feedback)
 
     command = feedback.commands[-1]
-    for option in ("--model", "--threshold 0.6", "--min-area 2.0", "--tile-size 128",
+    for option in ("--model", "--threshold 0.6", "--min-area 2", "--tile-size 128",
                    "--overlap 16", "--scales 1,0.5", "--device cpu", "--progress json"):
         assert option in command
-    assert feedback.progress and feedback.progress[-1] == 100
-    assert feedback.texts
+    assert "--bands" not in command
+    assert result["MIN_AREA_USED"] == 2.0 and result["THRESHOLD_USED"] == 0.6
     assert QgsRasterLayer(result["PROBABILITY"], "p").isValid()
     assert Path(result["CHANGES"]).suffix == ".gpkg"
     assert QgsVectorLayer(result["CHANGES"], "c", "ogr").isValid()
+
+
+def test_one_monotonic_bar_and_a_rationed_log(plugin, pair, random_model) -> None:
+    feedback = RecordingFeedback()
+    with MessageTab("KD-MSI") as tab:
+        processing.run(ALG, {
+            "T1": pair["t1"], "T2": pair["t2"], "MODEL": random_model, "TILE_SIZE": 64,
+            "SCALES": "1", "MIN_AREA": 0, "DEVICE": "cpu",
+            "PROBABILITY": "TEMPORARY_OUTPUT", "CHANGES": "TEMPORARY_OUTPUT",
+        }, feedback=feedback)
+
+    bar = feedback.progress
+    assert bar == sorted(bar) and bar[-1] == 100
+    assert len(set(round(p) for p in bar)) > 5  # it moves through the run, not in one jump
+    # Text from the first second, before the core has printed anything.
+    assert feedback.texts[0][0] < 1.0 and "Starting kdmsi-geo" in feedback.texts[0][1]
+    texts = [text for _, text in feedback.texts]
+    for stage in ("Preparing the images", "Detecting changes", "Tracing change polygons",
+                  "Writing the probability raster"):
+        assert sum(text.startswith(stage + ":") for text in texts) == 1, (stage, texts)
+    # 9 tiles of 64 px: the core reports each, the log gets at most one line per 10 %.
+    assert sum("%" in text for text in texts) <= 10
+    assert len(feedback.log) <= 25, feedback.log
+    assert any("kdmsi-geo" in m and "detect" in m for m in tab.messages)
+    assert any("change polygon(s)" in m for m in tab.messages)
+
+
+def test_bands_reach_the_command(plugin, tmp_path: Path) -> None:
+    four = make_data("pair", str(tmp_path / "rgbn"), "--size", "128", "--bands", "4")
+    run = {"T1": four["t1"], "T2": four["t2"], "SCALES": "1", "TILE_SIZE": 64, "MIN_AREA": 0,
+           "DEVICE": "cpu", "PROBABILITY": "TEMPORARY_OUTPUT", "CHANGES": "TEMPORARY_OUTPUT"}
+    # Without a band choice the core refuses 4 bands for a 3-band model, and the message
+    # names the dialog's parameter, not the command-line option.
+    with pytest.raises(QgsProcessingException) as raised:
+        processing.run(ALG, run)
+    assert "4 data band(s)" in str(raised.value) and "BANDS" in str(raised.value)
+    assert "--bands" not in str(raised.value)
+
+    feedback = RecordingFeedback()
+    result = processing.run(ALG, {**run, "BANDS": [1, 2, 3]}, feedback=feedback)
+    assert "--bands 1,2,3" in feedback.commands[-1]
+    assert QgsVectorLayer(result["CHANGES"], "c", "ogr").isValid()
+
+
+def test_same_image_twice_is_refused_at_once(plugin, pair) -> None:
+    started = time.monotonic()
+    with pytest.raises(QgsProcessingException, match="same image") as raised:
+        processing.run(ALG, {"T1": pair["t1"], "T2": QgsRasterLayer(pair["t1"], "copy"),
+                             "PROBABILITY": "TEMPORARY_OUTPUT", "CHANGES": "TEMPORARY_OUTPUT"})
+    assert time.monotonic() - started < 1.0
+    assert "T1 and T2" in str(raised.value)
+    assert not core_children()
+
+
+def test_dates_out_of_order_are_warned(plugin, tmp_path: Path, monkeypatch) -> None:
+    swapped = make_data("pair", str(tmp_path / "swapped"), "--size", "64",
+                        "--dates", "2023-05-04T10:00:00Z,2019-07-01")
+    # The warning comes before the core is looked for; stop the run there.
+    monkeypatch.setenv("KDMSI_GEO_EXECUTABLE", str(tmp_path / "no-such-kdmsi-geo"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    feedback = RecordingFeedback()
+    with pytest.raises(QgsProcessingException, match="not found"):
+        processing.run(ALG, {"T1": swapped["t1"], "T2": swapped["t2"],
+                             "PROBABILITY": "TEMPORARY_OUTPUT", "CHANGES": "TEMPORARY_OUTPUT"},
+                       feedback=feedback)
+    assert len(feedback.warnings) == 1
+    assert "2023-05-04" in feedback.warnings[0] and "2019-07-01" in feedback.warnings[0]
+    assert "swapped" in feedback.warnings[0]
 
 
 def test_runs_as_a_step_of_a_graphical_model(plugin, pair, random_model,
@@ -173,7 +330,8 @@ def test_cancel_stops_the_core_and_leaves_no_outputs(plugin, large_pair, random_
     seen: dict[str, object] = {}
 
     def cancel_once_running(progress: float) -> None:
-        if "at" not in seen and 0 < progress < 100:
+        # Once tiles are being processed: past the share of the bar kept for preparing.
+        if "at" not in seen and 10 < progress < 100:
             seen["pids"] = core_children()
             seen["at"] = time.monotonic()
             feedback.cancel()
@@ -233,10 +391,15 @@ def test_core_errors_reach_the_user_verbatim(plugin, pair, core_executable,
     assert direct.returncode != 0 and direct.stderr.startswith("Error: ")
     sentence = direct.stderr.strip().splitlines()[-1][len("Error: "):]
 
-    with pytest.raises(QgsProcessingException) as raised:
+    feedback = RecordingFeedback()
+    with MessageTab("KD-MSI") as tab, pytest.raises(QgsProcessingException) as raised:
         processing.run(ALG, {"T1": pair["t1"], "T2": pair["t2"], "MODEL": str(not_a_model),
-                             "PROBABILITY": "TEMPORARY_OUTPUT", "CHANGES": "TEMPORARY_OUTPUT"})
+                             "MIN_AREA": 0, "PROBABILITY": "TEMPORARY_OUTPUT",
+                             "CHANGES": "TEMPORARY_OUTPUT"}, feedback=feedback)
     assert str(raised.value) == sentence
+    # Once: Processing shows the exception; the plugin does not echo it in the log too.
+    assert not [line for line in feedback.log if sentence in line]
+    assert sum(sentence in m for m in tab.messages) == 1
 
 
 def test_missing_model_is_caught_before_the_core_starts(plugin, pair, tmp_path: Path,

@@ -1,0 +1,52 @@
+"""``kdmsi-geo info``: a checkpoint's card, for people or (``--json``) for programs.
+
+Programs such as the QGIS plugin read the card through this command rather than the
+file, so the checkpoint format stays the core's business.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def card_record(model: str | None) -> dict:
+    """The card as the checkpoint stores it, plus its path and the network's output stride."""
+    from kdmsi_core.checkpoint import default_model_path, read_card
+
+    path = model or default_model_path()
+    card = read_card(path)
+    return {"path": str(path), **json.loads(card.to_json()),
+            "output_stride": card.network.output_stride}
+
+
+def card_lines(record: dict) -> list[str]:
+    """A few lines a person reads: what the model is, what it expects, how it was trained."""
+    training = record.get("training", {})
+    config = training.get("config", {})
+    lines = [
+        f"Model: {record['path']}",
+        f"Kind: {record['kind']} ({record['network']['backbone']}, "
+        f"{record['network']['combination']} fusion, output stride {record['output_stride']})",
+        f"Bands: {record['bands']['count']} ({', '.join(record['bands']['names'])})",
+        f"Tile size: {record['tile_size']} px; scales: "
+        f"{', '.join(str(s) for s in record['scales'])}",
+        f"Threshold: {record['threshold']:.3f}",
+    ]
+    if training:
+        lines.append(f"Trained: {config.get('epochs', '?')} epochs, best epoch "
+                     f"{training.get('best_epoch', '?')}, {training.get('train_tiles', '?')} "
+                     f"tiles ({training.get('train_changed', '?')} changed), "
+                     f"{training.get('seconds', '?')} s")
+    return lines
+
+
+@click.command("info", short_help="Show a model's card: kind, bands, tile size, threshold.")
+@click.argument("model", required=False, type=click.Path(readable=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole card as one JSON object.")
+def command(model: str | None, as_json: bool) -> None:
+    """Show the card of MODEL (a .safetensors checkpoint; default: the embedded model)."""
+    record = card_record(model)
+    click.echo(json.dumps(record) if as_json else "\n".join(card_lines(record)))
+

@@ -1,0 +1,255 @@
+"""``kdmsi:detectchanges``: parameters in, one ``kdmsi-geo detect`` out, styled layers back.
+
+Every decision about the images (alignment, tiling, inference, thresholds, polygons) is
+the core's; the algorithm checks what it can check cheaply before starting the process
+(local files, two different images, an existing model file), fills in the defaults that
+depend on the model and T1's pixel size, and styles the outputs from what the run used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
+)
+
+from .algorithm import (
+    DEVICE_HELP,
+    DEVICES,
+    PAPER,
+    SETUP_HELP,
+    KdmsiAlgorithm,
+    advanced,
+    is_set,
+    model_card,
+)
+from .inputs import check_two_images, date_order_warning, local_raster, pixel_area_m2
+from .runner import RunLog, Stage, Stages, run_core
+from .styling import OutputStyler, ProbabilityRange, probability_range
+
+# Empty MIN_AREA: regions smaller than this many cells of the model's output grid are
+# dropped; the network cannot place anything more finely than about one cell.
+MIN_AREA_CELLS = 2
+# Typical shares of a run's time, so that one bar crosses all stages at an even pace.
+STAGES = Stages([
+    Stage("prepare", 6, "Preparing the images"),
+    Stage("detect", 80, "Detecting changes"),
+    Stage("vectorize", 7, "Tracing change polygons"),
+    Stage("write", 7, "Writing the probability raster"),
+], starting="Starting kdmsi-geo (loading PyTorch and the model)...")
+# The core's option names in its messages, as the parameters are named (the dialog's help
+# lists each parameter with this name, and qgis_process takes it).
+WORDING = {"--bands": "BANDS", "--tile-size": "TILE_SIZE", "--overlap": "OVERLAP",
+           "--scales": "SCALES", "--threshold": "THRESHOLD", "--min-area": "MIN_AREA",
+           "--model": "MODEL", "--device": "DEVICE"}
+
+
+class DetectChangesAlgorithm(KdmsiAlgorithm):
+    """Change detection between two co-registered rasters with a KD-MSI model."""
+
+    HELP = {
+        "T1": "The earlier image: a local raster file (GeoTIFF or another GDAL format). "
+              "The outputs are on its grid and in its CRS.",
+        "T2": "The later image, same bands as T1 and a different file; resampled onto T1's "
+              "grid when the grids differ. Only the area both images cover with valid data "
+              "is analysed. A warning is given when the images' metadata date T1 after T2.",
+        "MODEL": "A kdmsi-geo checkpoint (.safetensors), e.g. one made by Train a change "
+                 "model. Default (empty): the model shipped with kdmsi-geo, which expects 3 "
+                 "bands in red, green, blue order. Model information shows any model's bands, "
+                 "tile size and threshold.",
+        "BANDS": "The bands of T1 and T2 to feed the model, in the model's order, e.g. "
+                 "bands 1, 2, 3 of a 4-band RGB+NIR image for the default model. "
+                 "Default (none chosen): all bands, when their number fits the model.",
+        "THRESHOLD": "Probability above which a pixel counts as changed (0 to 1). "
+                     "Default (empty): the threshold calibrated for the model.",
+        "MIN_AREA": "Change regions smaller than this many square metres are dropped. "
+                    f"Default (empty): {MIN_AREA_CELLS} cells of the model's output grid at "
+                    "T1's pixel size (128 m² for the default model at 0.5 m pixels); the log "
+                    "states the value used. 0 keeps every region.",
+        "TILE_SIZE": "Side of the square tiles, in pixels, that the model sees. "
+                     "Default (empty): 256.",
+        "OVERLAP": "Pixels shared by neighbouring tiles, blended to avoid seams. "
+                   "Default (empty): 32.",
+        "SCALES": "Comma-separated image scales for multiscale sigmoid inference, e.g. "
+                  "0.5,1,1.25,2. Fewer scales run faster. Default (empty): the model's scales.",
+        "DEVICE": DEVICE_HELP,
+        "PROBABILITY": "Change probability per pixel (0 to 1), a Cloud Optimized GeoTIFF; "
+                       "loaded transparent below the threshold, coloured from the threshold "
+                       "to the 95th percentile of the probabilities above it.",
+        "CHANGES": "One polygon per change region, with area_m2, mean_prob and max_prob, "
+                   "in a GeoPackage (layer 'changes'); loaded filled by mean_prob.",
+    }
+    TAGS = ("change detection", "change", "difference", "compare", "comparison", "before",
+            "after", "bitemporal", "multitemporal", "time series", "deep learning",
+            "weakly supervised", "KD-MSI", "remote sensing")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._loads: dict[str, tuple[bool, str]] = {}
+        self._span: ProbabilityRange | None = None
+
+    def createInstance(self) -> DetectChangesAlgorithm:
+        return DetectChangesAlgorithm()
+
+    def name(self) -> str:
+        return "detectchanges"
+
+    def displayName(self) -> str:
+        return self.tr("Detect changes")
+
+    def shortDescription(self) -> str:
+        return self.tr("Change probability and change polygons between two images (KD-MSI).")
+
+    def shortHelpString(self) -> str:
+        return self.tr(
+            "<p>Finds where two georeferenced images of the same place differ, with a "
+            "change detector trained from image-level labels only: knowledge distillation "
+            "from a teacher network into a student whose class activation maps are read out "
+            "by multiscale sigmoid inference (KD-MSI).</p>"
+            f"<p>Method: {PAPER}.</p>"
+            f"{SETUP_HELP}"
+        ) + self.parameter_help()
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        double, integer = QgsProcessingParameterNumber.Double, QgsProcessingParameterNumber.Integer
+        self.add_parameters([
+            QgsProcessingParameterRasterLayer("T1", self.tr("Image before (T1)")),
+            QgsProcessingParameterRasterLayer("T2", self.tr("Image after (T2)")),
+            QgsProcessingParameterFile(
+                "MODEL", self.tr("Model (empty: the default model, 3 bands red, green, blue)"),
+                behavior=QgsProcessingParameterFile.File, extension="safetensors",
+                optional=True),
+            QgsProcessingParameterBand(
+                "BANDS", self.tr("Bands, in the model's order (none: all bands)"),
+                parentLayerParameterName="T1", optional=True, allowMultiple=True),
+            QgsProcessingParameterNumber(
+                "THRESHOLD", self.tr("Change threshold (empty: the model's)"), type=double,
+                optional=True, minValue=0.0, maxValue=1.0),
+            QgsProcessingParameterNumber(
+                "MIN_AREA", self.tr(f"Minimum change area in m² (empty: {MIN_AREA_CELLS} cells "
+                                    "of the model's output grid)"),
+                type=double, optional=True, minValue=0.0),
+            advanced(QgsProcessingParameterNumber(
+                "TILE_SIZE", self.tr("Tile size in pixels (empty: 256)"), type=integer,
+                optional=True, minValue=1)),
+            advanced(QgsProcessingParameterNumber(
+                "OVERLAP", self.tr("Tile overlap in pixels (empty: 32)"), type=integer,
+                optional=True, minValue=0)),
+            advanced(QgsProcessingParameterString(
+                "SCALES", self.tr("Inference scales (empty: the model's)"), optional=True)),
+            advanced(QgsProcessingParameterEnum(
+                "DEVICE", self.tr("Device"), options=DEVICES, defaultValue="auto",
+                usesStaticStrings=True)),
+            QgsProcessingParameterRasterDestination(
+                "PROBABILITY", self.tr("Change probability")),
+            QgsProcessingParameterVectorDestination(
+                "CHANGES", self.tr("Changes"), type=QgsProcessing.TypeVectorPolygon),
+        ])
+        self.addOutput(QgsProcessingOutputNumber("POLYGONS", self.tr("Number of change polygons")))
+        self.addOutput(QgsProcessingOutputNumber("CHANGED_AREA_M2", self.tr("Changed area (m²)")))
+        self.addOutput(QgsProcessingOutputNumber("THRESHOLD_USED", self.tr("Threshold used")))
+        self.addOutput(QgsProcessingOutputNumber("MIN_AREA_USED",
+                                                 self.tr("Minimum area used (m²)")))
+
+    def checkParameterValues(self, parameters: dict[str, Any],
+                             context: QgsProcessingContext) -> tuple[bool, str]:
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        try:
+            self._inputs(parameters, context)
+        except QgsProcessingException as exc:
+            return False, str(exc)
+        return True, ""
+
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        log = RunLog(feedback)
+        t1, t2, model = self._inputs(parameters, context)
+        warning = date_order_warning(t1, t2)
+        if warning:
+            log.warning(warning + " The outputs show what changed from T1 to T2 as given.")
+        executable = self.executable()
+        probability = self.parameterAsOutputLayer(parameters, "PROBABILITY", context)
+        changes = self.parameterAsOutputLayer(parameters, "CHANGES", context)
+        command = [executable, "detect", t1, t2, "-o", changes, "--probability", probability,
+                   "--progress", "json", "--overwrite",
+                   "--device", self.parameterAsEnumString(parameters, "DEVICE", context)]
+        if model:
+            command += ["--model", model]
+        bands = self.parameterAsInts(parameters, "BANDS", context)
+        if bands:
+            command += ["--bands", ",".join(str(b) for b in bands)]
+        min_area = self._min_area(parameters, context, executable, model, log)
+        command += ["--min-area", f"{min_area:g}"]
+        for name, option, as_value in (
+            ("THRESHOLD", "--threshold", self.parameterAsDouble),
+            ("TILE_SIZE", "--tile-size", self.parameterAsInt),
+            ("OVERLAP", "--overlap", self.parameterAsInt),
+            ("SCALES", "--scales", self.parameterAsString),
+        ):
+            if is_set(parameters.get(name)):
+                command += [option, str(as_value(parameters, name, context)).replace(" ", "")]
+
+        summary = run_core(command, feedback, STAGES, log, WORDING)
+        threshold = float(summary["threshold"])
+        self._span = probability_range(probability, threshold)
+        log.info(f"Colours run from the threshold {self._span.low:.3f} to {self._span.high:.3f}, "
+                 "the 95th percentile of the probabilities above it.")
+        names = " → ".join(self.parameterAsRasterLayer(parameters, key, context).name()
+                           for key in ("T1", "T2"))
+        self._loads = {probability: (True, f"Change probability {names}"),
+                       changes: (False, f"Changes {names}")}
+        return {
+            "PROBABILITY": probability,
+            "CHANGES": changes,
+            "POLYGONS": summary.get("polygons"),
+            "CHANGED_AREA_M2": summary.get("changed_area_m2"),
+            "THRESHOLD_USED": threshold,
+            "MIN_AREA_USED": min_area,
+        }
+
+    def postProcessAlgorithm(self, context: QgsProcessingContext,
+                             feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        """Name and style the outputs that Processing is about to load (dialog, models)."""
+        for path, (raster, name) in self._loads.items():
+            if self._span is not None and context.willLoadLayerOnCompletion(path):
+                details = context.layerToLoadOnCompletionDetails(path)
+                details.name = name
+                details.forceName = True
+                details.setPostProcessor(OutputStyler.create(raster, self._span, name))
+        return {}
+
+    def _inputs(self, parameters: dict[str, Any],
+                context: QgsProcessingContext) -> tuple[str, str, str]:
+        """T1 and T2 as two different local files, and the model file if one is given."""
+        t1 = local_raster(self.parameterAsRasterLayer(parameters, "T1", context), "T1")
+        t2 = local_raster(self.parameterAsRasterLayer(parameters, "T2", context), "T2")
+        check_two_images(t1, t2)
+        return t1, t2, self.model_file(parameters, context)
+
+    def _min_area(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                  executable: str, model: str, log: RunLog) -> float:
+        """MIN_AREA, or MIN_AREA_CELLS cells of the model's output grid at T1's pixel size."""
+        if is_set(parameters.get("MIN_AREA")):
+            return self.parameterAsDouble(parameters, "MIN_AREA", context)
+        log.text("Reading the model's card...")
+        stride = int(model_card(executable, model)["output_stride"])
+        pixel = pixel_area_m2(self.parameterAsRasterLayer(parameters, "T1", context))
+        area = MIN_AREA_CELLS * stride * stride * pixel
+        log.info(f"Minimum change area: {area:.1f} m² ({MIN_AREA_CELLS} cells of {stride} × "
+                 f"{stride} pixels, the model's output grid, at T1's {pixel:.3g} m² pixels).")
+        return area

@@ -1,0 +1,42 @@
+"""``kdmsi-geo info``: the card that programs (the QGIS plugin) read instead of the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from kdmsi_core.checkpoint import default_model_path, read_card
+from kdmsi_core.cli.main import cli
+
+
+def test_json_card_of_the_default_model() -> None:
+    result = CliRunner().invoke(cli, ["info", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    card = read_card(default_model_path())
+    assert record["path"] == str(default_model_path())
+    assert record["threshold"] == card.threshold and record["tile_size"] == card.tile_size
+    assert record["bands"]["count"] == card.network.in_channels == 3
+    assert record["output_stride"] == card.network.output_stride == 16
+    assert record["kind"] == card.kind
+    assert record["training"]["best_epoch"] == card.training["best_epoch"]
+
+
+def test_text_card_names_what_a_user_needs() -> None:
+    result = CliRunner().invoke(cli, ["info", str(default_model_path())])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "Model", "Kind", "Bands", "Tile size", "Threshold", "Trained"]
+    assert lines[2].startswith("Bands: 3 (")
+
+
+def test_a_file_that_is_no_model_is_one_error_line(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.safetensors"
+    bogus.write_text("not a checkpoint")
+    result = CliRunner().invoke(cli, ["info", str(bogus), "--json"])
+    assert result.exit_code != 0
+    assert result.output.startswith("Error: ") and len(result.output.strip().splitlines()) == 1
+    assert "notes.safetensors" in result.output

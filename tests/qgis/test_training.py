@@ -1,0 +1,149 @@
+"""Training in QGIS: ``kdmsi:trainmodel`` from drawn areas, the shipped graphical model, and
+``kdmsi:modelinfo``, all running the real ``kdmsi-geo`` (a few optimiser steps on small tiles,
+so that the tests stay quick; what training achieves is tested with the core)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import processing
+import pytest
+from qgis.core import (
+    QgsApplication,
+    QgsFeature,
+    QgsField,
+    QgsGeometry,
+    QgsProcessingException,
+    QgsProcessingFeatureSourceDefinition,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import QVariant
+
+from tests.qgis.conftest import make_data
+from tests.qgis.test_processing import RecordingFeedback, core_children
+
+TRAIN = "kdmsi:trainmodel"
+TINY = {"EPOCHS": 1, "TILE_SIZE": 64, "SAMPLES": 48, "DEVICE": "cpu"}
+MODEL3 = "kdmsi:Train a model and detect changes"
+
+
+def drawn_layer(pair: dict[str, str], field: str = "is_change") -> QgsVectorLayer:
+    """A scratch (memory) layer as a user draws it: boxes around changes, unchanged squares,
+    with the changed flag in a field named as the user likes."""
+    areas = make_data("labels", pair["mask"])["areas"]
+    layer = QgsVectorLayer("Polygon?crs=EPSG:32633", "drawn areas", "memory")
+    layer.dataProvider().addAttributes([QgsField(field, QVariant.Int)])
+    layer.updateFields()
+    features = []
+    for wkt, changed in areas:
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(QgsGeometry.fromWkt(wkt))
+        feature.setAttribute(field, changed)
+        features.append(feature)
+    assert layer.dataProvider().addFeatures(features)
+    return layer
+
+
+def test_trains_from_the_selected_drawn_areas(plugin, pair, qgis_new_project,
+                                              tmp_path: Path) -> None:
+    layer = drawn_layer(pair)
+    # One more area with a value training cannot use: only a selection leaves it out.
+    stray = QgsFeature(layer.fields())
+    stray.setGeometry(QgsGeometry.fromWkt("POLYGON((500000 5499990, 500010 5499990, "
+                                          "500010 5500000, 500000 5500000, 500000 5499990))"))
+    stray.setAttribute("is_change", 7)
+    layer.dataProvider().addFeatures([stray])
+    qgis_new_project.addMapLayer(layer)
+    layer.selectByExpression('"is_change" IN (0, 1)')
+    model = tmp_path / "drawn.safetensors"
+    feedback = RecordingFeedback()
+
+    result = processing.run(TRAIN, {
+        "T1": pair["t1"], "T2": pair["t2"], "CHANGED_FIELD": "is_change", **TINY,
+        "LABELS": QgsProcessingFeatureSourceDefinition(layer.id(), selectedFeaturesOnly=True),
+        "OUTPUT": str(model),
+    }, feedback=feedback)
+
+    assert result["OUTPUT"] == str(model) and model.is_file()
+    command = feedback.commands[-1]
+    for option in ("train", "--t1", "--t2", "--labels", "--epochs 1", "--tile-size 64",
+                   "--samples 48", "--progress json"):
+        assert option in command
+    assert feedback.progress == sorted(feedback.progress) and feedback.progress[-1] == 100
+    assert feedback.texts[0][0] < 1.0
+    texts = [text for _, text in feedback.texts]
+    assert sum(text.startswith("Training") for text in texts) == 1
+    assert 0.0 < result["THRESHOLD"] < 1.0
+    summary = [line for line in feedback.log if line.startswith("Best check")]
+    assert len(summary) == 1
+    assert "validation AUC" in summary[0] and f"{result['THRESHOLD']:.3f}" in summary[0]
+
+    # The card of the new model, as kdmsi:modelinfo shows it.
+    info_feedback = RecordingFeedback()
+    info = processing.run("kdmsi:modelinfo", {"MODEL": str(model)}, feedback=info_feedback)
+    assert info["BANDS"] == 3 and info["TILE_SIZE"] == 64
+    assert info["THRESHOLD"] == pytest.approx(result["THRESHOLD"])
+    assert info["KIND"] and info["TRAINING"]
+    assert any(line.startswith("Bands: 3") for line in info_feedback.log)
+
+
+def test_modelinfo_shows_the_default_model(plugin) -> None:
+    info = processing.run("kdmsi:modelinfo", {})
+    assert info["BANDS"] == 3 and info["OUTPUT_STRIDE"] == 16
+    assert 0.0 < info["THRESHOLD"] < 1.0
+    assert "epoch" in info["TRAINING"]
+
+
+def test_label_values_are_checked_before_training(plugin, pair, tmp_path: Path,
+                                                  monkeypatch) -> None:
+    layer = drawn_layer(pair, field="state")
+    layer.dataProvider().changeAttributeValues({1: {0: 2}})
+    started = time.monotonic()
+    with pytest.raises(QgsProcessingException, match="'state'") as raised:
+        processing.run(TRAIN, {"T1": pair["t1"], "T2": pair["t2"], "LABELS": layer,
+                               "CHANGED_FIELD": "state", **TINY,
+                               "OUTPUT": str(tmp_path / "never.safetensors")})
+    assert "set it to 1 where something changed and 0 where nothing did" in str(raised.value)
+    assert time.monotonic() - started < 1.0
+    assert not core_children("train") and list(tmp_path.iterdir()) == []
+
+
+def test_cancel_during_training_leaves_no_model(plugin, pair, tmp_path: Path) -> None:
+    feedback = RecordingFeedback()
+    seen: dict[str, object] = {}
+
+    def cancel_once_training(progress: float) -> None:
+        if "at" not in seen and 0 < progress < 100:
+            seen["pids"] = core_children("train")
+            seen["at"] = time.monotonic()
+            feedback.cancel()
+
+    feedback.progressChanged.connect(cancel_once_training)
+    output = tmp_path / "models"
+    output.mkdir()
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        processing.run(TRAIN, {"T1": pair["t1"], "T2": pair["t2"],
+                               "LABELS": drawn_layer(pair), "CHANGED_FIELD": "is_change",
+                               **TINY, "EPOCHS": 20,
+                               "OUTPUT": str(output / "cancelled.safetensors")},
+                       feedback=feedback)
+    assert seen["pids"], "kdmsi-geo train was not running when the run was cancelled"
+    assert time.monotonic() - seen["at"] < 6.0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in seen["pids"])
+    assert list(output.iterdir()) == []
+
+
+def test_shipped_graphical_model_chains_training_and_detection(plugin) -> None:
+    """It runs from qgis_process in test_packaging; here: what the toolbox shows."""
+    registry = QgsApplication.processingRegistry()
+    model = registry.createAlgorithmById(MODEL3)
+    assert model is not None, [a.id() for a in registry.providerById("kdmsi").algorithms()]
+    assert model.group() == "Change detection"
+    children = model.childAlgorithms()
+    assert {c.algorithmId() for c in children.values()} == {TRAIN, "kdmsi:detectchanges"}
+    source = children["detect"].parameterSources()["MODEL"][0]
+    assert (source.outputChildId(), source.outputName()) == ("train", "OUTPUT")
+    assert {p.name() for p in model.destinationParameterDefinitions()} == {
+        "train:MODEL", "detect:PROBABILITY", "detect:CHANGES"}
+    assert "Default" in model.shortHelpString()
