@@ -1,8 +1,9 @@
-"""The plugin object QGIS creates: the Processing provider, plus a toolbar and menu action.
+"""The plugin object QGIS creates: the Processing provider, plus toolbar and menu actions.
 
-The action opens Processing's own dialog for ``kdmsi:detectchanges``, which already runs
-the algorithm as a background task with a progress bar and a Cancel button, and loads the
-outputs (styled by the algorithm) into the project when it succeeds.
+The actions open Processing's own dialogs for ``kdmsi:detectchanges`` and
+``kdmsi:trainmodel``, which already run the algorithm as a background task with a progress
+bar and a Cancel button, and load the outputs (styled by the algorithm) into the project
+when it succeeds.
 """
 
 from __future__ import annotations
@@ -17,17 +18,20 @@ from .inputs import acquisition_date
 from .provider import KdmsiProvider
 
 ALGORITHM_ID = "kdmsi:detectchanges"
+TRAIN_ALGORITHM_ID = "kdmsi:trainmodel"
 MENU = "KD-MSI change detection"
 
 
 class KdmsiPlugin:
-    """Provider for Processing (and qgis_process); action and dialog for the desktop."""
+    """Provider for Processing (and qgis_process); actions and dialogs for the desktop."""
 
     def __init__(self, iface) -> None:
         self.iface = iface
         self.provider: KdmsiProvider | None = None
         self.action: QAction | None = None
+        self.train_action: QAction | None = None
         self.dialog: QDialog | None = None
+        self.train_dialog: QDialog | None = None
 
     def initProcessing(self) -> None:
         self.provider = KdmsiProvider()
@@ -35,45 +39,71 @@ class KdmsiPlugin:
 
     def initGui(self) -> None:
         self.initProcessing()
-        self.action = QAction(QIcon(ICON), "Detect changes (KD-MSI)...", self.iface.mainWindow())
+        window = self.iface.mainWindow()
+        self.action = QAction(QIcon(ICON), "Detect changes (KD-MSI)...", window)
         self.action.setObjectName("kdmsiDetectChanges")
         self.action.setToolTip("Detect changes between two raster layers with kdmsi-geo")
         self.action.triggered.connect(self.open_dialog)
         self.iface.addToolBarIcon(self.action)
         self.iface.addPluginToRasterMenu(MENU, self.action)
+        self.train_action = QAction(QIcon(ICON), "Train a change model (KD-MSI)...", window)
+        self.train_action.setObjectName("kdmsiTrainModel")
+        self.train_action.setToolTip("Train a change model from areas drawn over two images")
+        self.train_action.triggered.connect(self.open_training_dialog)
+        self.iface.addPluginToRasterMenu(MENU, self.train_action)
 
     def unload(self) -> None:
         if self.action is not None:
             self.iface.removeToolBarIcon(self.action)
             self.iface.removePluginRasterMenu(MENU, self.action)
             self.action = None
-        if self._dialog_open():
-            self.dialog.close()
-        self.dialog = None
+        if self.train_action is not None:
+            self.iface.removePluginRasterMenu(MENU, self.train_action)
+            self.train_action = None
+        for dialog in (self.dialog, self.train_dialog):
+            if _is_open(dialog):
+                dialog.close()
+        self.dialog = self.train_dialog = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
 
     def open_dialog(self) -> QDialog:
-        """Show the algorithm dialog without blocking QGIS (one at a time)."""
-        import processing
+        """Show the detection dialog without blocking QGIS (one at a time)."""
+        if not _is_open(self.dialog):
+            self.dialog = _algorithm_dialog(ALGORITHM_ID)
+        return _show(self.dialog)
 
-        if not self._dialog_open():
-            self.dialog = processing.createAlgorithmDialog(ALGORITHM_ID)
-            images = default_images(QgsProject.instance())
-            if images:
-                self.dialog.setParameters(images)
-            else:
-                _leave_images_empty(self.dialog)
-        self.dialog.show()
-        self.dialog.raise_()
-        self.dialog.activateWindow()
-        return self.dialog
+    def open_training_dialog(self) -> QDialog:
+        """Show the training dialog without blocking QGIS (one at a time)."""
+        if not _is_open(self.train_dialog):
+            self.train_dialog = _algorithm_dialog(TRAIN_ALGORITHM_ID)
+        return _show(self.train_dialog)
 
-    def _dialog_open(self) -> bool:
-        """Processing's dialog deletes itself when closed."""
-        dialog = self.dialog
-        return dialog is not None and not sip.isdeleted(dialog) and dialog.isVisible()
+
+def _algorithm_dialog(algorithm_id: str) -> QDialog:
+    """Processing's dialog for an algorithm, with T1 and T2 filled in only when unambiguous."""
+    import processing
+
+    dialog = processing.createAlgorithmDialog(algorithm_id)
+    images = default_images(QgsProject.instance())
+    if images:
+        dialog.setParameters(images)
+    else:
+        _leave_images_empty(dialog)
+    return dialog
+
+
+def _show(dialog: QDialog) -> QDialog:
+    dialog.show()
+    dialog.raise_()
+    dialog.activateWindow()
+    return dialog
+
+
+def _is_open(dialog: QDialog | None) -> bool:
+    """Processing's dialog deletes itself when closed."""
+    return dialog is not None and not sip.isdeleted(dialog) and dialog.isVisible()
 
 
 def default_images(project: QgsProject) -> dict[str, QgsRasterLayer]:

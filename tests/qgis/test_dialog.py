@@ -64,6 +64,20 @@ def test_dialog_does_not_offer_one_raster_as_both_images(
         dialog.close()
 
 
+def test_training_action_opens_the_training_dialog(
+        plugin, pair, qgis_new_project: QgsProject) -> None:
+    assert plugin.train_action.objectName() == "kdmsiTrainModel"
+    qgis_new_project.addMapLayer(QgsRasterLayer(pair["t1"], "only"))
+    plugin.train_action.trigger()
+    dialog = plugin.train_dialog
+    try:
+        assert dialog.isVisible() and not dialog.isModal()
+        assert dialog.algorithm().id() == "kdmsi:trainmodel"
+        assert _offered_images(dialog) == (None, None)
+    finally:
+        dialog.close()
+
+
 def test_dialog_does_not_guess_the_order_of_undated_images(
         plugin, pair, qgis_new_project: QgsProject) -> None:
     qgis_new_project.addMapLayers([QgsRasterLayer(pair["t2"], "t2"),

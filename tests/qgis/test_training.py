@@ -109,7 +109,9 @@ def test_label_values_are_checked_before_training(plugin, pair, tmp_path: Path,
     assert not core_children("train") and list(tmp_path.iterdir()) == []
 
 
-def test_cancel_during_training_leaves_no_model(plugin, pair, tmp_path: Path) -> None:
+def test_cancel_during_training_leaves_no_model(plugin, tmp_path: Path) -> None:
+    # Four bands of which training uses three, and a time budget: both reach the command.
+    four = make_data("pair", str(tmp_path / "rgbn"), "--size", "384", "--bands", "4")
     feedback = RecordingFeedback()
     seen: dict[str, object] = {}
 
@@ -123,15 +125,21 @@ def test_cancel_during_training_leaves_no_model(plugin, pair, tmp_path: Path) ->
     output = tmp_path / "models"
     output.mkdir()
     with pytest.raises(QgsProcessingException, match="Cancelled"):
-        processing.run(TRAIN, {"T1": pair["t1"], "T2": pair["t2"],
-                               "LABELS": drawn_layer(pair), "CHANGED_FIELD": "is_change",
-                               **TINY, "EPOCHS": 20,
+        processing.run(TRAIN, {"T1": four["t1"], "T2": four["t2"], "BANDS": [1, 2, 3],
+                               "LABELS": drawn_layer(four), "CHANGED_FIELD": "is_change",
+                               **TINY, "EPOCHS": 20, "TIME_BUDGET": 5,
                                "OUTPUT": str(output / "cancelled.safetensors")},
                        feedback=feedback)
     assert seen["pids"], "kdmsi-geo train was not running when the run was cancelled"
     assert time.monotonic() - seen["at"] < 6.0
     assert not any(Path(f"/proc/{pid}").exists() for pid in seen["pids"])
     assert list(output.iterdir()) == []
+    command = feedback.commands[-1]
+    assert "--time-budget 5" in command and "--epochs 20" in command
+    # The bands were chosen through a virtual raster, removed with the run's other scratch.
+    scratch = Path(command.split("--t1 ")[1].split()[0]).parent
+    assert command.split("--t1 ")[1].split()[0].endswith("t1.vrt")
+    assert not scratch.exists()
 
 
 def test_shipped_graphical_model_chains_training_and_detection(plugin) -> None:
