@@ -13,6 +13,7 @@ from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
+    QgsProcessingFeedback,
     QgsProcessingParameterDefinition,
 )
 from qgis.PyQt.QtCore import QCoreApplication
@@ -102,6 +103,7 @@ def is_set(value: Any) -> bool:
     return value is not None and value != ""
 
 
-def model_card(executable: str, model: str) -> dict:
+def model_card(executable: str, model: str,
+               feedback: QgsProcessingFeedback | None = None) -> dict:
     """The card of ``model`` ('' for the default model), as ``kdmsi-geo info --json`` prints it."""
-    return read_json([executable, "info", *([model] if model else []), "--json"])
+    return read_json([executable, "info", *([model] if model else []), "--json"], feedback)

@@ -70,7 +70,7 @@ class ModelInfoAlgorithm(KdmsiAlgorithm):
         log = RunLog(feedback)
         model = self.model_file(parameters, context)
         try:
-            card = model_card(self.executable(), model)
+            card = model_card(self.executable(), model, feedback)
         except QgsProcessingException as exc:
             log.error(str(exc))
             raise

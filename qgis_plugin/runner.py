@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -156,27 +157,34 @@ def run_core(command: Sequence[str], feedback: QgsProcessingFeedback, stages: St
     return progress.summary
 
 
-def read_json(command: Sequence[str]) -> dict:
-    """Run a short ``kdmsi-geo`` query that prints one JSON object (e.g. ``info --json``)."""
+def read_json(command: Sequence[str], feedback: QgsProcessingFeedback | None = None) -> dict:
+    """Run a short ``kdmsi-geo`` query that prints one JSON object (e.g. ``info --json``);
+    cancelling ``feedback`` stops it like a long run."""
     try:
-        done = subprocess.run(list(command), stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, encoding="utf-8", errors="replace",
-                              env=core_environment(), timeout=_QUERY_TIMEOUT_S, check=False,
-                              creationflags=0 if os.name == "posix"
-                              else subprocess.CREATE_NO_WINDOW)
+        process = _start(command, os.name == "posix")
     except OSError as exc:
         raise QgsProcessingException(
             f"{command[0]} could not be started ({exc.strerror or exc}). {INSTALL_HINT}"
         ) from exc
-    except subprocess.TimeoutExpired:
-        raise QgsProcessingException(
-            f"{shlex.join(command)} gave no answer within {_QUERY_TIMEOUT_S} s; check that "
-            "kdmsi-geo runs from a terminal.") from None
-    if done.returncode != 0:
-        raise QgsProcessingException(_failure_message(done.returncode,
-                                                      done.stderr.splitlines()))
+    deadline = time.monotonic() + _QUERY_TIMEOUT_S
+    while True:
+        try:
+            stdout, stderr = process.communicate(timeout=_POLL_S)
+            break
+        except subprocess.TimeoutExpired:  # retrying loses no output
+            if feedback is not None and feedback.isCanceled():
+                _terminate(process)
+                raise QgsProcessingException(CANCELLED) from None
+            if time.monotonic() > deadline:
+                _terminate(process)
+                raise QgsProcessingException(
+                    f"{shlex.join(command)} gave no answer within {_QUERY_TIMEOUT_S} s; check "
+                    "that kdmsi-geo runs from a terminal.") from None
+    if process.returncode != 0:
+        raise QgsProcessingException(_failure_message(process.returncode,
+                                                      stderr.splitlines()))
     try:
-        return json.loads(done.stdout)
+        return json.loads(stdout)
     except json.JSONDecodeError:
         raise QgsProcessingException(
             f"{shlex.join(command)} did not print JSON; it may be older than this plugin: "

@@ -202,7 +202,7 @@ class TrainModelAlgorithm(KdmsiAlgorithm):
             summary = run_core(command, feedback, STAGES, log, WORDING)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        card = model_card(executable, output)
+        card = model_card(executable, output, feedback)
         best_auc = _best_auc(card)
         training = card.get("training", {})
         log.info(

@@ -146,6 +146,9 @@ def test_found_in_the_toolbox_by_what_users_type(plugin) -> None:
         alg = registry.algorithmById(alg_id)
         assert alg.group() == "Change detection" and alg.groupId() == "changedetection"
         assert alg.helpUrl().startswith("https://github.com/kdmsi-geo/kdmsi-geo#")
+        for parameter in alg.parameterDefinitions():
+            if parameter.flags() & parameter.FlagOptional or parameter.defaultValue():
+                assert "Default" in parameter.help(), (alg_id, parameter.name())
     assert registry.algorithmById(ALG).helpUrl().endswith("#qgis-plugin")
 
     model = QgsProcessingToolboxModel(None, registry)
@@ -349,6 +352,25 @@ def test_cancel_stops_the_core_and_leaves_no_outputs(plugin, large_pair, random_
     assert seen["pids"], "the core was not running when the run was cancelled"
     assert stopped < 2.0
     assert not any(Path(f"/proc/{pid}").exists() for pid in seen["pids"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cancel_while_the_model_card_is_read(plugin, pair, tmp_path: Path) -> None:
+    class CancelAtFirstText(RecordingFeedback):
+        def setProgressText(self, text: str) -> None:
+            super().setProgressText(text)
+            if not self.isCanceled():
+                self.cancelled_at = time.monotonic()
+                self.cancel()
+
+    feedback = CancelAtFirstText()
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        processing.run(ALG, {"T1": pair["t1"], "T2": pair["t2"],
+                             "PROBABILITY": str(tmp_path / "p.tif"),
+                             "CHANGES": str(tmp_path / "c.gpkg")}, feedback=feedback)
+    assert "model's card" in feedback.texts[0][1]
+    assert time.monotonic() - feedback.cancelled_at < 1.0
+    assert not core_children("info") and not core_children("detect")
     assert list(tmp_path.iterdir()) == []
 
 
