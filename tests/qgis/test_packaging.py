@@ -19,7 +19,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from tests.qgis.test_training import drawn_layer
+from tests.qgis.recording import drawn_layer
 
 FOLDER = "kdmsi_geo"
 METADATA_KEYS = {"name", "qgisMinimumVersion", "description", "about", "version", "author",

@@ -12,37 +12,17 @@ import pytest
 from qgis.core import (
     QgsApplication,
     QgsFeature,
-    QgsField,
     QgsGeometry,
     QgsProcessingException,
     QgsProcessingFeatureSourceDefinition,
-    QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import QVariant
 
 from tests.qgis.conftest import make_data
-from tests.qgis.test_processing import RecordingFeedback, core_children
+from tests.qgis.recording import RecordingFeedback, core_children, drawn_layer
 
 TRAIN = "kdmsi:trainmodel"
 TINY = {"EPOCHS": 1, "TILE_SIZE": 64, "SAMPLES": 48, "DEVICE": "cpu"}
 MODEL3 = "kdmsi:Train a model and detect changes"
-
-
-def drawn_layer(pair: dict[str, str], field: str = "is_change") -> QgsVectorLayer:
-    """A scratch (memory) layer as a user draws it: boxes around changes, unchanged squares,
-    with the changed flag in a field named as the user likes."""
-    areas = make_data("labels", pair["mask"])["areas"]
-    layer = QgsVectorLayer("Polygon?crs=EPSG:32633", "drawn areas", "memory")
-    layer.dataProvider().addAttributes([QgsField(field, QVariant.Int)])
-    layer.updateFields()
-    features = []
-    for wkt, changed in areas:
-        feature = QgsFeature(layer.fields())
-        feature.setGeometry(QgsGeometry.fromWkt(wkt))
-        feature.setAttribute(field, changed)
-        features.append(feature)
-    assert layer.dataProvider().addFeatures(features)
-    return layer
 
 
 def test_trains_from_the_selected_drawn_areas(plugin, pair, qgis_new_project,
