@@ -9,6 +9,7 @@ not fit its declared network is refused instead of silently running the wrong fu
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from kdmsi_core.errors import CheckpointError
+from kdmsi_core.limits import SCALES_RULE, valid_scales, valid_threshold
 from kdmsi_core.model import NetworkConfig, SiameseCAM
 from kdmsi_core.msi import DEFAULT_SCALES
 from kdmsi_core.normalize import Normalization
@@ -72,6 +74,9 @@ class ModelCard:
     @classmethod
     def from_json(cls, text: str) -> ModelCard:
         d = json.loads(text)
+        if not isinstance(d, dict):
+            raise CheckpointError("The checkpoint's metadata is not a JSON object; the file is "
+                                  "damaged or from another program.")
         if d.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(
                 f"This checkpoint has format version {d.get('format_version')}, but this "
@@ -158,7 +163,37 @@ def _open(path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"The metadata of {path} is incomplete or invalid ({exc}); "
                               "the file is damaged or from another program.") from None
+    problem = card_problem(card)
+    if problem:
+        raise CheckpointError(f"The metadata of {path} is out of range: {problem}; the file "
+                              "was edited or is damaged, retrain it.")
     return card, tensors
+
+
+def card_problem(card: ModelCard) -> str | None:
+    """What in a card is out of range, by the rules the command line applies to the same
+    settings (see :mod:`kdmsi_core.limits`); None when it is sound. Without this check a
+    zero std gives all-NaN maps and an absurd scale or threshold silently finds nothing."""
+    bands = card.network.in_channels
+    norm = card.normalization
+    if bands < 1:
+        return f"the network takes {bands} bands"
+    parts = {"low": norm.low, "high": norm.high, "mean": norm.mean, "std": norm.std}
+    if any(len(v) != bands for v in parts.values()):
+        return f"the normalisation does not list one value per band for its {bands} bands"
+    if not all(math.isfinite(x) for v in parts.values() for x in v):
+        return "the normalisation holds a value that is not a finite number"
+    if not all(s > 0 for s in norm.std):
+        return f"the normalisation std {list(norm.std)} must be positive"
+    if not all(hi > lo for lo, hi in zip(norm.low, norm.high, strict=True)):
+        return "the normalisation range has a high value not above its low value"
+    if not valid_scales(card.scales):
+        return f"the MSI scales {list(card.scales)} must be {SCALES_RULE}"
+    if not valid_threshold(card.threshold):
+        return f"the threshold {card.threshold} is outside 0..1"
+    if card.tile_size < 1:
+        return f"the tile size {card.tile_size} is not a size in pixels"
+    return None
 
 
 def _load_into(network: SiameseCAM | SiameseSegmenter, tensors: dict[str, torch.Tensor],

@@ -2,41 +2,65 @@
 
 Everything is written inside a hidden staging folder next to each final output (same file
 system, so the final ``os.replace`` is atomic; GDAL's and SQLite's side files land there
-too). The folders are removed whatever happens: success, error, Ctrl-C, or SIGTERM/SIGHUP,
-which :func:`signals_cancel` turns into :class:`~kdmsi_core.errors.Cancelled` so that the
-same clean-up runs. Only SIGKILL can leave a hidden ``.kdmsi-*.tmp`` folder behind.
+too). The folders are removed whatever happens: success, error, Ctrl-C, SIGTERM or SIGHUP
+(see :mod:`kdmsi_core.signals`). The owner of a staging folder holds a lock on it, so a
+folder that SIGKILL left behind is recognised and removed by the next run into that folder.
+A lock file beside each output keeps two runs from writing the same output at once.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import shutil
-import signal
 import tempfile
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pyogrio.errors
 import rasterio
+import rasterio.errors
 import rasterio.shutil
 from rasterio.windows import Window
 
-from kdmsi_core.errors import Cancelled, OutputError
-from kdmsi_core.raster import Grid
+from kdmsi_core.errors import KdmsiError, OutputError
+from kdmsi_core.raster import Grid, dataset_files
+from kdmsi_core.signals import outputs_committed, uninterrupted
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, runs are not guarded against each other
+    fcntl = None
 
 PROBABILITY_NODATA = -1.0
 MASK_NODATA = 255
 COG_BLOCKSIZE = 512
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
+STAGING_PREFIX, STAGING_SUFFIX = ".kdmsi-", ".tmp"
+FULL_DISK_BYTES = 1 << 20
 _SCRATCH = {"driver": "GTiff", "compress": "ZSTD", "zstd_level": 1, "tiled": False,
             "blockysize": 16, "bigtiff": "IF_SAFER"}
 
 
+def _identity(path: str | os.PathLike) -> tuple[str, tuple[int, int] | None]:
+    """A file's resolved path and, when it exists, its (device, inode): two names of one file
+    (a symlink, a hard link, a VRT's source) share one of them."""
+    try:
+        st = os.stat(path)
+        inode = (st.st_dev, st.st_ino)
+    except OSError:
+        inode = None
+    return str(Path(path).resolve()), inode
+
+
 def check_outputs(changes: Path, probability: Path, mask: Path | None,
-                  inputs: Sequence[Path], overwrite: bool) -> None:
-    """Refuse, before any work, every output that could not be written or would clobber."""
+                  inputs: Sequence[str | os.PathLike], overwrite: bool) -> None:
+    """Refuse, before any work, every output that could not be written or would clobber,
+    including any file GDAL reads for an input (a VRT's sources, side files) under any of
+    its names."""
     if changes.suffix.lower() != ".gpkg":
         raise OutputError(f"The polygon output {changes} must be a GeoPackage (.gpkg).")
     for path, what in ((probability, "probability"), (mask, "mask")):
@@ -46,11 +70,19 @@ def check_outputs(changes: Path, probability: Path, mask: Path | None,
     resolved = [p.resolve() for p in targets]
     if len(set(resolved)) != len(resolved):
         raise OutputError("Two outputs were given the same path; give each its own file.")
-    sources = {p.resolve() for p in inputs}
-    for path, real in zip(targets, resolved, strict=True):
-        if real in sources:
-            raise OutputError(f"The output {path} is one of the input rasters; choose "
-                              "another output path.")
+    names, inodes = set(), set()
+    for source in inputs:
+        for f in dataset_files(source):
+            name, inode = _identity(f)
+            names.add(name)
+            inodes.add(inode)
+    inodes.discard(None)
+    for path in targets:
+        name, inode = _identity(path)
+        if name in names or inode in inodes:
+            raise OutputError(f"The output {path} is one of the input rasters or a file "
+                              "they are read from (under any name); choose another output "
+                              "path.")
         folder = path.parent
         if not folder.is_dir():
             raise OutputError(f"The output folder {folder} does not exist; create it first.")
@@ -63,25 +95,106 @@ def check_outputs(changes: Path, probability: Path, mask: Path | None,
                               "replace it.")
 
 
+def _lock_file(target: Path) -> Path:
+    return target.with_name(f".{target.name}.kdmsi-lock")
+
+
+def _acquire(target: Path) -> int:
+    """An exclusive lock on ``target``'s lock file, as an open descriptor. The file is
+    unlinked on release, so a lock taken on a file that was unlinked meanwhile is retried."""
+    lock = _lock_file(target)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(f"The output {target} is in use by another kdmsi-geo run; wait "
+                              "for it to finish or choose another output path.") from None
+        try:
+            current = os.stat(lock)
+        except FileNotFoundError:
+            current = None
+        st = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (st.st_dev, st.st_ino):
+            return fd
+        os.close(fd)
+
+
+def _owned(folder: Path) -> int | None:
+    """A descriptor holding ``folder``'s lock, or None when its owner still runs."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def remove_stale(folder: Path) -> None:
+    """Remove the staging folders in ``folder`` whose owning process is gone (killed by
+    SIGKILL or a power cut); those of running processes are locked and stay."""
+    if fcntl is None:
+        return
+    for entry in folder.glob(f"{STAGING_PREFIX}*{STAGING_SUFFIX}"):
+        if entry.is_symlink() or not entry.is_dir():
+            continue
+        try:
+            fd = _owned(entry)
+        except OSError:
+            continue
+        if fd is not None:
+            shutil.rmtree(entry, ignore_errors=True)
+            os.close(fd)
+
+
+def _make_staging(folder: Path) -> tuple[Path, int | None]:
+    """A new staging folder in ``folder``, locked before it takes the name other runs look
+    for, so that no run ever takes a live one for stale."""
+    fresh = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, suffix=".new", dir=folder))
+    if fcntl is None:
+        return fresh, None
+    fd = _owned(fresh)
+    final = fresh.with_suffix(STAGING_SUFFIX)
+    os.rename(fresh, final)
+    return final, fd
+
+
 class Staging:
     """Hidden staging folders for a set of final outputs; ``commit`` moves the staged files
-    into place, and leaving the context removes the folders (and so every temporary)."""
+    into place, and leaving the context removes the folders (and so every temporary).
 
-    def __init__(self, targets: Sequence[Path]) -> None:
+    Entering locks every output against other runs and removes stale staging folders.
+    ``overwrite`` False refuses at the commit an output that another program created
+    during the run."""
+
+    def __init__(self, targets: Sequence[Path], overwrite: bool = True) -> None:
         self.targets = list(targets)
+        self.overwrite = overwrite
         self._dirs: dict[Path, Path] = {}
+        self._fds: list[int] = []
+        self._locks: list[tuple[Path, int]] = []
 
     def __enter__(self) -> Staging:
         try:
+            if fcntl is not None:
+                for target in self.targets:
+                    self._locks.append((_lock_file(target), _acquire(target)))
             for target in self.targets:
                 folder = target.parent.resolve()
                 if folder not in self._dirs:
-                    self._dirs[folder] = Path(tempfile.mkdtemp(prefix=".kdmsi-", suffix=".tmp",
-                                                               dir=folder))
+                    remove_stale(folder)
+                    self._dirs[folder], fd = _make_staging(folder)
+                    if fd is not None:
+                        self._fds.append(fd)
         except OSError as exc:
             self._remove()
             raise OutputError(f"Cannot write in the output folder ({exc.strerror}): "
                               f"{exc.filename}.") from None
+        except BaseException:
+            self._remove()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -96,42 +209,99 @@ class Staging:
         return self._dirs[self.targets[0].parent.resolve()] / f"scratch-{name}"
 
     def commit(self) -> None:
-        """Move every staged output into place; if one move fails, undo the others."""
-        done: list[Path] = []
-        try:
+        """Move every staged output into place, signals held back meanwhile. Each old output
+        is kept (as a hard link, else moved) in the staging folder until all moves succeeded;
+        if one fails, every old output is put back as it was and the new ones are gone."""
+        with uninterrupted():
             for target in self.targets:
-                os.replace(self.staged(target), target)
-                done.append(target)
-        except BaseException:
-            for target in done:
-                target.unlink(missing_ok=True)
-            raise
+                if target.is_dir() and not target.is_symlink():
+                    raise OutputError(f"A folder appeared at the output path {target} during "
+                                      "the run; remove it or choose another path.")
+                if not self.overwrite and os.path.lexists(target):
+                    raise OutputError(f"The output {target} appeared during the run; use "
+                                      "--overwrite to replace it or choose another path.")
+            done: list[tuple[Path, Path | None]] = []
+            try:
+                for target in self.targets:
+                    old = self._keep_old(target)
+                    try:
+                        os.replace(self.staged(target), target)
+                    except BaseException:
+                        if old is not None:
+                            os.replace(old, target)
+                        raise
+                    done.append((target, old))
+            except BaseException as exc:
+                for target, old in reversed(done):
+                    if old is not None:
+                        os.replace(old, target)
+                    else:
+                        target.unlink(missing_ok=True)
+                if isinstance(exc, OSError):
+                    raise OutputError(f"The outputs could not be moved into place "
+                                      f"({exc.strerror or exc}: {exc.filename}); the previous "
+                                      "files are unchanged.") from None
+                raise
+            outputs_committed()
+
+    def _keep_old(self, target: Path) -> Path | None:
+        """Keep the existing ``target`` in the staging folder; None when there is none."""
+        if not os.path.lexists(target):
+            return None
+        old = self._dirs[target.parent.resolve()] / f"old-{target.name}"
+        try:
+            os.link(target, old, follow_symlinks=False)
+        except OSError:  # no hard links on this file system: move it aside instead
+            os.replace(target, old)
+        return old
 
     def _remove(self) -> None:
         for folder in self._dirs.values():
             shutil.rmtree(folder, ignore_errors=True)
         self._dirs.clear()
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+        for lock, fd in self._locks:
+            lock.unlink(missing_ok=True)
+            os.close(fd)
+        self._locks.clear()
+
+
+def _full_folder(error: BaseException, folders: Sequence[Path]) -> Path | None:
+    """The output folder whose disk the error says (or shows) is full, if any."""
+    text = str(error).lower()
+    said = ((isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT))
+            or any(w in text for w in ("no space", "disk space", "disk full")))
+    for folder in folders:
+        try:
+            if said or shutil.disk_usage(folder).free < FULL_DISK_BYTES:
+                return folder
+        except OSError:
+            continue
+    return None
 
 
 @contextmanager
-def signals_cancel() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into :class:`Cancelled` in the main thread (where Python runs
-    signal handlers), so that a killed run cleans up like an interrupted one."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: object) -> None:
-        raise Cancelled(f"The run was stopped by signal {signal.Signals(signum).name}; no "
-                        "outputs were written.")
-
-    wanted = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
-    previous = {s: signal.signal(s, handler) for s in wanted}
+def write_errors(targets: Sequence[Path]) -> Iterator[None]:
+    """Turn a failed write of the outputs (a full disk, an I/O error) into an
+    :class:`OutputError`; leaving :class:`Staging` then removes every partial file."""
+    folders = list(dict.fromkeys(t.parent for t in targets))
     try:
         yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    except KdmsiError:
+        raise
+    except (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError,
+            rasterio.errors.RasterioError) as exc:
+        folder = _full_folder(exc, folders)
+        if folder is not None:
+            raise OutputError(f"The disk holding {folder} is full; free some space or write "
+                              "the outputs elsewhere, then run again.") from None
+        folder = folders[0]
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
+        detail = detail.replace(". ", "; ")
+        raise OutputError(f"Writing the outputs in {folder} failed ({detail}); check the "
+                          "folder and run again.") from None
 
 
 class StripWriter:
@@ -194,16 +364,51 @@ class StripWriter:
                              window=window)
 
     def close(self) -> None:
-        for ds in self._files:
-            ds.close()
-        self._files.clear()
+        """Close every file; a write that failed only while flushing raises here."""
+        files, self._files = self._files, []
+        for ds in files:
+            with gdal_failures(Path(ds.name)):
+                ds.close()
+
+
+class _GdalFailures(logging.Handler):
+    """Collects the errors GDAL signals while rasterio goes on (it only logs them)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if text.startswith("GDAL signalled an error"):
+            self.messages.append(text.split("msg=", 1)[-1].strip("'\""))
+
+
+@contextmanager
+def gdal_failures(target: Path) -> Iterator[None]:
+    """Raise :class:`OSError` for ``target`` when GDAL signalled an error during the block
+    without failing it: a GeoTIFF whose writes failed (a full disk) is closed without an
+    exception, truncated, and must not become an output."""
+    logger = logging.getLogger("rasterio._env")
+    handler, level = _GdalFailures(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    if handler.messages:
+        full = any("space" in m.lower() for m in handler.messages)
+        raise OSError(errno.ENOSPC if full else errno.EIO, handler.messages[0], str(target))
 
 
 def write_cog(source: Path, target: Path, resampling: str) -> None:
     """Copy a scratch GeoTIFF into a Cloud Optimized GeoTIFF with GDAL's COG driver (tiled,
     DEFLATE with predictor, internal overviews down to one block, nodata kept). DEFLATE
     level 1 takes half the time of the default level 6 for files about 6 % larger."""
-    rasterio.shutil.copy(source, target, driver="COG", COMPRESS="DEFLATE", LEVEL=1,
-                         PREDICTOR="YES",
-                         BLOCKSIZE=COG_BLOCKSIZE, OVERVIEW_RESAMPLING=resampling,
-                         NUM_THREADS="ALL_CPUS", BIGTIFF="IF_SAFER")
+    with gdal_failures(target):
+        rasterio.shutil.copy(source, target, driver="COG", COMPRESS="DEFLATE", LEVEL=1,
+                             PREDICTOR="YES",
+                             BLOCKSIZE=COG_BLOCKSIZE, OVERVIEW_RESAMPLING=resampling,
+                             NUM_THREADS="ALL_CPUS", BIGTIFF="IF_SAFER")

@@ -24,13 +24,15 @@ import torch
 
 from kdmsi_core.checkpoint import LoadedModel, default_model_path, load_checkpoint
 from kdmsi_core.device import resolve_device
-from kdmsi_core.errors import CheckpointError, ParameterError
+from kdmsi_core.errors import CheckpointError, InputError, ParameterError
+from kdmsi_core.limits import SCALES_RULE, valid_scales, valid_threshold
 from kdmsi_core.model import for_inference
 from kdmsi_core.msi import msi
 from kdmsi_core.normalize import Normalization
-from kdmsi_core.outputs import Staging, StripWriter, check_outputs, signals_cancel, write_cog
+from kdmsi_core.outputs import Staging, StripWriter, check_outputs, write_cog, write_errors
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_core.raster import RasterPair
+from kdmsi_core.signals import stop_on_signals
 from kdmsi_core.stitch import StripStitcher
 from kdmsi_core.tiling import (
     DEFAULT_OVERLAP,
@@ -100,16 +102,15 @@ def default_batch_size(device: torch.device, tile: Tile) -> int:
 
 def _check_parameters(threshold: float | None, min_area: float, batch_size: int | None,
                       scales: Sequence[float] | None) -> None:
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
+    if threshold is not None and not valid_threshold(threshold):
         raise ParameterError(f"--threshold {threshold} is outside 0..1; a probability "
                              "threshold is needed.")
-    if min_area < 0:
-        raise ParameterError(f"--min-area {min_area} is negative; give an area in m² >= 0.")
+    if not 0 <= min_area < float("inf"):
+        raise ParameterError(f"--min-area {min_area} is not an area; give a number of m² >= 0.")
     if batch_size is not None and batch_size < 1:
         raise ParameterError(f"--batch-size {batch_size} must be at least 1.")
-    if scales is not None and (not scales or any(not s > 0 for s in scales)):
-        raise ParameterError("--scales must list one or more positive factors, "
-                             "for example 0.5,1,1.25,2.")
+    if scales is not None and not valid_scales(scales):
+        raise ParameterError(f"--scales must list {SCALES_RULE}, for example 0.5,1,1.25,2.")
 
 
 def load_model(model: str | os.PathLike | None, device: torch.device) -> LoadedModel:
@@ -291,15 +292,19 @@ def _cluster_results(cluster: tuple, t1: str | os.PathLike, t2: str | os.PathLik
 def stitch_results(results: Iterator[TileResults], total: int, stitcher: StripStitcher,
                    progress: Progress) -> None:
     """Blend results into the stitcher as they come, reporting progress per batch."""
-    done = 0
+    done, seen = 0, False
     progress.update("detect", 0, total, f"{total} tiles")
     for r in results:
         if r.tiles:
+            seen = True
             for tile, p, v in zip(r.tiles, r.probability, r.valid, strict=True):
                 stitcher.add(tile, p, v)
         done += r.counted
         progress.update("detect", done, total, f"{done}/{total} tiles")
         check_cancelled(progress)
+    if not seen:
+        raise InputError("t1 and t2 have no valid pixel in common: where their footprints "
+                         "overlap, one of them is nodata throughout; check both inputs.")
     stitcher.finish()
 
 
@@ -328,7 +333,7 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     prob_path = Path(probability) if probability is not None else default_probability_path(
         output)
     mask_path = Path(mask) if mask is not None else None
-    check_outputs(output, prob_path, mask_path, [Path(t1), Path(t2)], overwrite)
+    check_outputs(output, prob_path, mask_path, [t1, t2], overwrite)
     torch_device = resolve_device(device)
     loaded = load_model(model, torch_device)
     card = loaded.card
@@ -340,10 +345,10 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
             "kdmsi_scales": ",".join(str(s) for s in scales),
             "kdmsi_t1": Path(t1).name, "kdmsi_t2": Path(t2).name}
 
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), signals_cancel(), \
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), stop_on_signals(), \
             _cluster(workers, scheduler) as cluster, \
             RasterPair(t1, t2, bands, card.network.in_channels) as pair, \
-            Staging(targets) as staging:
+            Staging(targets, overwrite) as staging, write_errors(targets):
         progress.update("prepare", 0, 1, "estimating input ranges")
         norms = pair.normalizations(card.normalization)
         progress.update("prepare", 1, 1, "inputs ready")

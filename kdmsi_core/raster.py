@@ -3,14 +3,19 @@
 t1 defines the grid. t2 is read through a :class:`~rasterio.vrt.WarpedVRT` when its CRS,
 resolution or pixel alignment differ (bilinear, on the fly, no full copy); when it only sits
 whole pixels away from t1 it is read directly at an offset window. Validity combines every
-kind of GDAL mask (nodata value, internal mask, alpha band, NaN) of both dates.
+kind of GDAL mask (nodata value, internal mask, alpha band, NaN) of both dates; a NaN or
+infinite float is nodata for its own pixel only. GDAL virtual paths (``/vsizip/``,
+``/vsicurl/`` ...) are passed to GDAL untouched, and a read that GDAL fails (a truncated or
+damaged file) is an :class:`InputError` naming the file.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +24,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
@@ -43,25 +48,81 @@ class Grid:
     height: int
 
 
+def _is_virtual(path: str) -> bool:
+    """A GDAL virtual file system path (``/vsizip/``, ``/vsicurl/`` ...), kept as given."""
+    return path.startswith("/vsi")
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence rasterio's warning about a missing geotransform: :func:`open_raster` reports
+    it as one sentence instead."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
 def open_raster(path: str | os.PathLike, role: str) -> rasterio.DatasetReader:
     """Open one date, turning every way it can be unusable into one :class:`InputError`."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"The {role} raster {p} does not exist; check the path.")
-    if p.is_dir():
-        raise InputError(f"The {role} raster {p} is a folder, not a raster file.")
-    if not os.access(p, os.R_OK):
-        raise InputError(f"The {role} raster {p} cannot be read (permission denied).")
+    name = os.fspath(path)
+    virtual = _is_virtual(name)
+    if not virtual:
+        p = Path(name)
+        if not p.exists():
+            raise InputError(f"The {role} raster {p} does not exist; check the path.")
+        if p.is_dir():
+            raise InputError(f"The {role} raster {p} is a folder, not a raster file.")
+        if not os.access(p, os.R_OK):
+            raise InputError(f"The {role} raster {p} cannot be read (permission denied).")
     try:
-        src = rasterio.open(p)
+        with _quiet():
+            src = rasterio.open(name)
     except RasterioIOError:
-        raise InputError(f"The {role} input {p} is not a raster GDAL can read; give a "
+        if virtual:
+            raise InputError(f"GDAL cannot open the {role} raster {name}; check the virtual "
+                             "path and the file it points to.") from None
+        raise InputError(f"The {role} input {name} is not a raster GDAL can read; give a "
                          "GeoTIFF or another georeferenced raster.") from None
-    if src.crs is None:
+    located = not src.transform.is_identity
+    if src.crs is None or not located:
         src.close()
-        raise InputError(f"The {role} raster {p} has no coordinate reference system; assign "
-                         "one (for example `rio edit-info --crs EPSG:32633`) and run again.")
+        if src.crs is None and not located:
+            raise InputError(f"The {role} raster {name} is not georeferenced (no coordinate "
+                             "reference system, no geotransform); give a GeoTIFF or "
+                             "georeference it (for example `gdal_translate -a_srs EPSG:32633 "
+                             "-a_ullr ULX ULY LRX LRY`) and run again.")
+        if src.crs is None:
+            raise InputError(f"The {role} raster {name} has no coordinate reference system; "
+                             "assign one (for example `rio edit-info --crs EPSG:32633`) and "
+                             "run again.")
+        raise InputError(f"The {role} raster {name} has a coordinate reference system but no "
+                         "geotransform, so its pixels have no place on the ground; "
+                         "georeference it (for example `gdal_translate -a_ullr ULX ULY LRX "
+                         "LRY` or `gdalwarp` for ground control points) and run again.")
     return src
+
+
+def dataset_files(path: str | os.PathLike) -> list[str]:
+    """The path and every file GDAL reads for it (a VRT's sources, side files); the path
+    alone when GDAL cannot open it (opening it later says why)."""
+    name = os.fspath(path)
+    try:
+        with _quiet(), rasterio.open(name) as src:
+            return [name, *src.files]
+    except RasterioIOError:
+        return [name]
+
+
+@contextmanager
+def reading(name: str) -> Iterator[None]:
+    """A read that GDAL fails becomes an :class:`InputError` naming the file."""
+    try:
+        yield
+    except RasterioIOError as exc:
+        cause = exc.__cause__ or exc
+        detail = (str(cause).splitlines() or ["read error"])[0].rstrip(".").replace(". ", "; ")
+        raise InputError(f"GDAL could not read {name} ({detail}); the file is truncated or "
+                         "damaged, replace it.") from None
 
 
 def data_bands(src: rasterio.DatasetReader) -> list[int]:
@@ -89,9 +150,13 @@ def select_bands(src1: rasterio.DatasetReader, src2: rasterio.DatasetReader,
     for src in (src1, src2):
         found = data_bands(src)
         if len(found) != expected:
+            advice = (f"choose them with --bands (for example --bands "
+                      f"{','.join(str(i) for i in range(1, expected + 1))})"
+                      if src.count >= expected else
+                      f"give rasters with {expected} bands or a model trained on "
+                      f"{len(found)}-band data")
             raise InputError(f"{Path(src.name).name} has {len(found)} data band(s) but the model "
-                             f"expects {expected}; choose them with --bands (for example --bands "
-                             f"{','.join(str(i) for i in range(1, expected + 1))}).")
+                             f"expects {expected}; {advice}.")
         chosen.append(tuple(found))
     return chosen[0]
 
@@ -146,7 +211,7 @@ class RasterPair:
 
     def __init__(self, t1: str | os.PathLike, t2: str | os.PathLike,
                  bands: Sequence[int] | None, expected_bands: int) -> None:
-        self.paths = (Path(t1), Path(t2))
+        self.names = (os.fspath(t1), os.fspath(t2))
         self._src1 = open_raster(t1, "t1")
         self._src2: rasterio.DatasetReader | None = None
         self._vrt: WarpedVRT | None = None
@@ -177,11 +242,13 @@ class RasterPair:
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(t1, t2, valid) for ``window`` of the grid: float32 (C, h, w) twice and bool (h, w)."""
-        a1, v1 = _read_valid(self._src1, self.bands, window)
-        if self._offset is None:
-            a2, v2 = _read_valid(self._vrt, self.bands, window)
-        else:
-            a2, v2 = self._read_shifted(window)
+        with reading(self.names[0]):
+            a1, v1 = _read_valid(self._src1, self.bands, window)
+        with reading(self.names[1]):
+            if self._offset is None:
+                a2, v2 = _read_valid(self._vrt, self.bands, window)
+            else:
+                a2, v2 = self._read_shifted(window)
         return a1, a2, v1 & v2
 
     def _read_shifted(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -228,8 +295,9 @@ class RasterPair:
             Window(0, 0, src.width, src.height))
         scale = min(1.0, STATS_SIZE / max(win.width, win.height))
         shape = (max(1, round(win.height * scale)), max(1, round(win.width * scale)))
-        data = src.read(self.bands, window=win, out_shape=(len(self.bands), *shape),
-                        resampling=Resampling.nearest, masked=True)
+        with reading(self.names[0 if src is self._src1 else 1]):
+            data = src.read(self.bands, window=win, out_shape=(len(self.bands), *shape),
+                            resampling=Resampling.nearest, masked=True)
         valid = ~np.ma.getmaskarray(data).any(axis=0) & np.isfinite(data.data).all(axis=0)
         return data.data[:, valid].astype(np.float64)
 
@@ -268,7 +336,8 @@ def _intersects(win: Window, src: rasterio.DatasetReader) -> bool:
 
 def _read_valid(ds: rasterio.io.DatasetReaderBase, bands: tuple[int, ...],
                 window: Window) -> tuple[np.ndarray, np.ndarray]:
-    """Bands as float32 and where every band is valid (GDAL masks and finite values)."""
+    """Bands as float32 and where every band is valid (GDAL masks and finite values);
+    non-finite values are set to 0 so that they cannot spread through the network."""
     data = ds.read(bands, window=window, out_dtype=np.float32)
     if all(flags == [MaskFlags.all_valid] for flags in
            (ds.mask_flag_enums[b - 1] for b in bands)):
@@ -276,5 +345,7 @@ def _read_valid(ds: rasterio.io.DatasetReaderBase, bands: tuple[int, ...],
     else:
         valid = (ds.read_masks(bands, window=window) > 0).all(axis=0)
     if np.dtype(ds.dtypes[bands[0] - 1]).kind == "f":
-        valid &= np.isfinite(data).all(axis=0)
+        finite = np.isfinite(data)
+        valid &= finite.all(axis=0)
+        data[~finite] = 0.0
     return data, valid

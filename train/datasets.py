@@ -16,6 +16,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from kdmsi_core.errors import DataError
+from kdmsi_train.image_files import incomplete
 
 PRELOAD_LIMIT_BYTES = 1_500_000_000
 
@@ -25,6 +26,9 @@ def read_tile(path: Path) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"The tile {path} listed in the data set does not exist; fix the list "
                         "file or add the tile.")
+    if incomplete(path):
+        raise DataError(f"The tile {path} is truncated (its image data ends early); replace "
+                        "it.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)

@@ -9,6 +9,7 @@ import torch
 
 from kdmsi_core.checkpoint import load_checkpoint
 from kdmsi_core.device import resolve_device
+from kdmsi_core.errors import DataError
 from kdmsi_core.model import for_inference
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_train.datasets import PairStore, TileFolder
@@ -34,6 +35,10 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     student = load_checkpoint(model, dev)
     for_inference(student.model, dev)
     card = student.card
+    if store.shape[0] != card.network.in_channels:
+        raise DataError(f"The tiles of {data_dir} have {store.shape[0]} band(s) but the model "
+                        f"{student.path.name} expects {card.network.in_channels}; evaluate a "
+                        f"model trained on {store.shape[0]}-band tiles.")
     t = card.threshold if threshold is None else threshold
     runs = [("msi", student.model, t), ("single", student.model, t)]
     if teacher:

@@ -23,12 +23,12 @@ def summary_message(summary: dict) -> str:
 @click.command("detect", short_help="Detect changes between two rasters of the same place.")
 @click.argument("t1", type=click.Path(readable=False))
 @click.argument("t2", type=click.Path(readable=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--output", required=True, type=click.Path(),
               help="Change polygons: a GeoPackage (.gpkg), layer 'changes'.")
-@click.option("--probability", type=click.Path(dir_okay=False), default=None,
+@click.option("--probability", type=click.Path(), default=None,
               help="Probability raster, a Cloud Optimized GeoTIFF "
                    "[default: <output stem>_probability.tif beside the GeoPackage].")
-@click.option("--mask", type=click.Path(dir_okay=False), default=None,
+@click.option("--mask", type=click.Path(), default=None,
               help="Optional binary change mask, a Cloud Optimized GeoTIFF "
                    "(1 change, 0 none, 255 nodata).")
 @options.model_opt

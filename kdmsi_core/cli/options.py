@@ -9,13 +9,16 @@ from __future__ import annotations
 import click
 
 from kdmsi_core.errors import ParameterError
+from kdmsi_core.limits import SCALES_RULE, valid_scales
 
 
 def _split(value: str | None, option: str, kind: type, example: str) -> tuple | None:
+    """Every comma-separated item as ``kind``; an empty item (``1,,2``) is refused, not
+    skipped, since it usually hides a typing mistake."""
     if value is None:
         return None
     try:
-        return tuple(kind(v) for v in value.split(",") if v.strip())
+        return tuple(kind(v) for v in value.split(","))
     except ValueError:
         raise ParameterError(f"{option} {value!r} is not a comma-separated list of numbers, "
                              f"for example {example}.") from None
@@ -29,8 +32,12 @@ def parse_bands(_ctx: click.Context, _param: click.Parameter,
 
 def parse_scales(_ctx: click.Context, _param: click.Parameter,
                  value: str | None) -> tuple[float, ...] | None:
-    """``0.5,1,2`` -> (0.5, 1.0, 2.0); positivity is checked by the library."""
-    return _split(value, "--scales", float, "0.5,1,1.25,2")
+    """``0.5,1,2`` -> (0.5, 1.0, 2.0), each finite and in the range the library accepts,
+    checked here so that every command refuses an absurd scale before any work."""
+    scales = _split(value, "--scales", float, "0.5,1,1.25,2")
+    if scales is not None and not valid_scales(scales):
+        raise ParameterError(f"--scales must list {SCALES_RULE}, for example 0.5,1,1.25,2.")
+    return scales
 
 
 model_opt = click.option(

@@ -20,10 +20,10 @@ from kdmsi_core.outputs import (
     Staging,
     StripWriter,
     check_outputs,
-    signals_cancel,
     write_cog,
 )
 from kdmsi_core.raster import Grid
+from kdmsi_core.signals import stop_on_signals
 from tests.core.geodata import transform_for
 
 
@@ -90,7 +90,8 @@ def test_an_error_leaves_nothing(tmp_path: Path) -> None:
 
 def test_failed_commit_undoes_moved_outputs(tmp_path: Path) -> None:
     targets = [tmp_path / "c.gpkg", tmp_path / "p.tif"]
-    with pytest.raises(FileNotFoundError), Staging(targets) as st:
+    with pytest.raises(OutputError, match="previous files are unchanged"), \
+            Staging(targets) as st:
         st.staged(targets[0]).write_text("x")  # the second one is never staged
         st.commit()
     assert list(tmp_path.iterdir()) == []
@@ -99,7 +100,8 @@ def test_failed_commit_undoes_moved_outputs(tmp_path: Path) -> None:
 def test_sigterm_becomes_cancelled_and_handlers_are_restored(tmp_path: Path) -> None:
     before = signal.getsignal(signal.SIGTERM)
     target = tmp_path / "c.gpkg"
-    with pytest.raises(Cancelled, match="SIGTERM"), signals_cancel(), Staging([target]) as st:
+    with pytest.raises(Cancelled, match="SIGTERM"), stop_on_signals(), \
+            Staging([target]) as st:
         st.staged(target).write_text("half")
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises here at the latest
