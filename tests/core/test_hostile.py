@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -466,10 +467,10 @@ def test_a_second_run_into_the_same_output_is_refused(ws: Workspace) -> None:
 # --- full disk ----------------------------------------------------------------------------
 
 @pytest.fixture
-def small_disk(tmp_path: Path):
-    """A tmpfs of a few hundred kB, mounted as root; skipped where mounting is not allowed."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
+def small_disk():
+    """A tmpfs of a few hundred kB, mounted as root; skipped where mounting is not allowed.
+    It lies outside pytest's temporary folders, which other test runs may move or delete."""
+    mount = Path(tempfile.mkdtemp(prefix="kdmsi-disk-"))
 
     def mount_size(kb: int) -> Path:
         run = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kb}k", "tmpfs",
@@ -480,6 +481,7 @@ def small_disk(tmp_path: Path):
 
     yield mount_size
     subprocess.run(["umount", str(mount)], capture_output=True, check=False)
+    mount.rmdir()
 
 
 @pytest.mark.parametrize(("kb", "where"), [(48, "staging"), (140, "scratch rasters"),
