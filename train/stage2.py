@@ -166,6 +166,18 @@ def build_segmenter(config: Stage2Config, bands: int) -> SiameseSegmenter:
     return network
 
 
+def start_at_prior(network: SiameseSegmenter, fractions: dict[str, float]) -> float:
+    """Set the output bias to the log-odds of change among the labelled pixels, and return
+    that share. Change is rare (often 1 % of them); a network starting at probability 0.5
+    spends most of a short CPU run just learning that, and its early epochs, all grey, make
+    model selection a lottery."""
+    share = fractions["change"] / max(fractions["change"] + fractions["background"], 1e-12)
+    share = float(np.clip(share, 1e-3, 0.5))
+    with torch.no_grad():
+        network.classifier.bias.fill_(float(np.log(share / (1 - share))))
+    return share
+
+
 def train_segmenter(train_store: MaskedStore, config: Stage2Config,
                     val_store: PairStore | None = None,
                     progress: Progress | None = None) -> SegmenterFit:
@@ -177,7 +189,9 @@ def train_segmenter(train_store: MaskedStore, config: Stage2Config,
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     norm = data_normalization(train_store.pairs, seed=config.seed)
-    network = place(build_segmenter(config, bands), device)
+    network = build_segmenter(config, bands)
+    start_at_prior(network, train_store.summary["fractions"])
+    network = place(network, device)
     optimizer = make_optimizer([network], config.optimizer, config.base_lr,
                                config.weight_decay, bool(config.pretrained or config.init))
     batch = min(config.batch_size, len(train_store))

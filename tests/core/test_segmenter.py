@@ -32,10 +32,10 @@ def _card(network: NetworkConfig, kind: str) -> ModelCard:
 def test_logits_at_full_resolution_for_any_tile_shape(backbone, combination, strides):
     torch.manual_seed(0)
     net = SiameseSegmenter(NetworkConfig(backbone, combination, 4, strides)).eval()
-    x1, x2 = torch.randn(2, 4, 96, 80), torch.randn(2, 4, 96, 80)
+    x1, x2 = torch.randn(2, 4, 72, 40), torch.randn(2, 4, 72, 40)
     with torch.inference_mode():
         y = net(x1, x2)
-    assert y.shape == (2, 1, 96, 80)
+    assert y.shape == (2, 1, 72, 40)
     assert y.std() > 0
 
 
@@ -138,3 +138,19 @@ def test_detect_runs_a_segmenter_like_a_cam_student(tmp_path, pair):
     with rasterio.open(tmp_path / "mask.tif") as m:
         assert (m.read(1).astype(bool) == (prob > 0.5)).mean() > 0.999
     assert pyogrio.read_info(summary.changes)["features"] == summary.polygons
+
+
+@pytest.mark.slow
+def test_dask_workers_run_a_segmenter_as_this_process_does(tmp_path, pair):
+    torch.manual_seed(4)
+    seg = SiameseSegmenter(NetworkConfig()).eval()
+    model = save_checkpoint(tmp_path / "seg.safetensors", seg, _card(seg.config, "segmenter"))
+    t1, t2 = pair
+    maps = []
+    for name, workers in (("local", None), ("dask", 1)):
+        s = detect(t1, t2, tmp_path / f"{name}.gpkg", model=model, tile_size=64, overlap=32,
+                   device="cpu", workers=workers)
+        with rasterio.open(s.probability) as p:
+            maps.append(p.read(1))
+    assert np.abs(maps[0] - maps[1]).max() < 1e-5
+    assert maps[0].std() > 0

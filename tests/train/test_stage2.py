@@ -12,9 +12,10 @@ from click.testing import CliRunner
 from kdmsi_core.checkpoint import load_checkpoint, read_card
 from kdmsi_core.cli.main import cli
 from kdmsi_core.errors import OutputError
+from kdmsi_core.model import NetworkConfig
 from kdmsi_core.segmenter import SiameseSegmenter
 from kdmsi_train.pseudo import IGNORE
-from kdmsi_train.stage2 import augment, masked_bce
+from kdmsi_train.stage2 import augment, masked_bce, start_at_prior
 from tests.train.data.toy import write_toy_tiles
 from tests.train.test_areas import _gpkg, _tif, _world
 
@@ -43,9 +44,19 @@ def test_augmentation_keeps_masks_on_their_pixels():
         assert ((x != y).any(axis=0) == (z == 1)).all()
 
 
+def test_segmenter_starts_at_the_share_of_change():
+    torch.manual_seed(0)
+    net = SiameseSegmenter(NetworkConfig()).eval()
+    share = start_at_prior(net, {"background": 0.6, "change": 0.012, "ignore": 0.388})
+    assert share == pytest.approx(0.012 / 0.612)
+    with torch.inference_mode():
+        p = torch.sigmoid(net(torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64)))
+    assert p.mean().item() == pytest.approx(0.02, abs=0.015)
+
+
 @pytest.fixture(scope="module")
 def no_masks(tmp_path_factory):
-    root = write_toy_tiles(tmp_path_factory.mktemp("stage2") / "data", tiles=96, size=64,
+    root = write_toy_tiles(tmp_path_factory.mktemp("stage2") / "data", tiles=64, size=64,
                            seed=5)
     shutil.rmtree(root / "label")
     return root
