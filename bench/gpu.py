@@ -37,8 +37,8 @@ import pipeline as pipeline_bench  # noqa: E402
 
 from kdmsi_core import detect  # noqa: E402
 from kdmsi_core.checkpoint import load_checkpoint  # noqa: E402
+from kdmsi_core.engine import load_engine  # noqa: E402
 from kdmsi_core.msi import msi  # noqa: E402
-from kdmsi_core.pipeline import load_model  # noqa: E402
 from kdmsi_train.synth import make_scene_pair, write_scene_pair  # noqa: E402
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -96,7 +96,7 @@ class Utilisation:
 
 
 def msi_figures(args: argparse.Namespace, device: torch.device) -> None:
-    plain = load_model(None, device)  # BatchNorm folded, contiguous layout on CUDA
+    plain = load_engine(None, "torch", str(device))  # BatchNorm folded, contiguous on CUDA
     official = load_checkpoint(None, device)  # as trained: BatchNorm, contiguous
     scales, norm = plain.card.scales, plain.card.normalization
     side = min(2048, args.tile * max(1, int(np.sqrt(args.tiles))))

@@ -4,11 +4,13 @@ The official inference resizes each date with PIL (bicubic) per scale, runs one 
 its flip per forward pass (the encoder called once per date), takes the sigmoid, upsamples
 bilinearly and averages. Ours batches tiles, resizes on tensors, runs both dates of pair and
 flip of a whole batch in one encoder pass, and uses the network as ``detect`` prepares it
-(BatchNorm folded, channels-last on the CPU). Same network, weights, tiles and threads;
-prints tiles/s of each variant and its ratio to the official loop, then the largest
-difference of the probabilities when both resize the same way (torch bicubic).
+(BatchNorm folded, channels-last on the CPU), on each engine: torch, and ONNX Runtime (the
+model's ONNX export; resizing in numpy). Same network, weights, tiles and threads; prints
+tiles/s of each variant and its ratio to the official loop, then the largest difference of
+the probabilities when both resize the same way (torch bicubic), and between the engines.
 
     python bench/msi.py [--tiles 32] [--size 256] [--batches 1,2,4,8] [--device cpu]
+                        [--engines torch,onnxruntime] [--threads N]
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from kdmsi_core.checkpoint import default_model_path, load_checkpoint
-from kdmsi_core.model import for_inference, fuse
+from kdmsi_core.engine import Engine, load_engine
+from kdmsi_core.inference import infer_batch
+from kdmsi_core.model import fuse
 from kdmsi_core.msi import msi
-from kdmsi_core.pipeline import infer_batch
 from kdmsi_train.synth import make_scene_pair
 
 
@@ -56,17 +59,23 @@ def official_loop(model, t1: np.ndarray, t2: np.ndarray, scales, norm, device,
     return torch.cat(out)
 
 
-def ours(model, t1: np.ndarray, t2: np.ndarray, scales, norm, device, batch: int,
-         prepared: bool) -> torch.Tensor:
+def ours(model, t1: np.ndarray, t2: np.ndarray, scales, norm, device, batch: int
+         ) -> torch.Tensor:
+    """Batched MSI on the network as trained (BatchNorm, contiguous)."""
     out = []
     for i in range(0, len(t1), batch):
         x1 = norm.apply(torch.from_numpy(t1[i:i + batch]).to(device))
         x2 = norm.apply(torch.from_numpy(t2[i:i + batch]).to(device))
-        if prepared:
-            out.append(torch.from_numpy(infer_batch(model, device, x1, x2, scales)))
-        else:
-            out.append(msi(model, x1, x2, scales)[:, 0])
+        out.append(msi(model, x1, x2, scales)[:, 0])
     return torch.cat(out)
+
+
+def on_engine(engine: Engine, t1: np.ndarray, t2: np.ndarray, scales, norm, batch: int
+              ) -> torch.Tensor:
+    """Batched MSI as ``detect`` runs it on ``engine`` (numpy batches in, numpy maps out)."""
+    out = [infer_batch(engine, norm.apply(t1[i:i + batch]), norm.apply(t2[i:i + batch]),
+                       scales) for i in range(0, len(t1), batch)]
+    return torch.from_numpy(np.concatenate(out))
 
 
 def timed(fn, device, *args) -> tuple[torch.Tensor, float]:
@@ -86,11 +95,17 @@ def main() -> None:
     parser.add_argument("--batches", default="1,2,4,8")
     parser.add_argument("--model", default=str(default_model_path()))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--engines", default="torch,onnxruntime")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of every variant [default: the physical cores]")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     plain = load_checkpoint(args.model, device)
     model, card = plain.model, plain.card
-    prepared = for_inference(load_checkpoint(args.model, device).model, device)
+    engines = {name: load_engine(args.model, name, args.device, args.threads)
+               for name in args.engines.split(",")}
     scales, norm = card.scales, card.normalization
     side = int(np.ceil(np.sqrt(args.tiles))) * args.size
     pair = make_scene_pair(7, side)
@@ -101,22 +116,30 @@ def main() -> None:
     print(f"device {device}, threads {torch.get_num_threads()}, {n} tiles of {args.size} px, "
           f"scales {list(scales)}, model {plain.path.name}")
     with torch.inference_mode():
-        for net, ready in ((model, False), (prepared, True)):  # warm-up
-            ours(net, t1[:2], t2[:2], scales, norm, device, 2, ready)
+        ours(model, t1[:2], t2[:2], scales, norm, device, 2)  # warm-up
+        for engine in engines.values():
+            on_engine(engine, t1[:2], t2[:2], scales, norm, 2)
         official_loop(model, t1[:1], t2[:1], scales, norm, device)
         _, s_off = timed(lambda: official_loop(model, t1, t2, scales, norm, device), device)
         print(f"{'official per-image loop (PIL resize)':44s} {n / s_off:7.2f} tiles/s")
         for batch in (int(b) for b in args.batches.split(",")):
-            for net, ready, name in ((model, False, "plain"), (prepared, True, "prepared")):
-                _, sec = timed(ours, device, net, t1, t2, scales, norm, device, batch, ready)
-                label = f"ours, {name} network, batch {batch}"
+            _, sec = timed(ours, device, model, t1, t2, scales, norm, device, batch)
+            label = f"ours, plain network, batch {batch}"
+            print(f"{label:44s} {n / sec:7.2f} tiles/s  {s_off / sec:5.2f}x")
+            for name, engine in engines.items():
+                _, sec = timed(on_engine, device, engine, t1, t2, scales, norm, batch)
+                label = f"ours, {name}, batch {batch}"
                 print(f"{label:44s} {n / sec:7.2f} tiles/s  {s_off / sec:5.2f}x")
-        p_ours = ours(prepared, t1, t2, scales, norm, device, 2, True)
+        maps = {name: on_engine(e, t1, t2, scales, norm, 2) for name, e in engines.items()}
+        p_ours = next(iter(maps.values()))
         p_same = official_loop(model, t1, t2, scales, norm, device, "torch")[:, 0]
         p_pil = official_loop(model, t1, t2, scales, norm, device)[:, 0]
     print(f"max |difference|, same resize (torch bicubic): "
           f"{(p_ours - p_same.cpu()).abs().max().item():.2e}")
     print(f"max |difference|, PIL vs torch resize: {(p_ours - p_pil.cpu()).abs().max().item():.2e}")
+    if {"torch", "onnxruntime"} <= maps.keys():
+        diff = (maps["onnxruntime"] - maps["torch"]).abs().max().item()
+        print(f"max |difference|, onnxruntime vs torch: {diff:.2e}")
 
 
 if __name__ == "__main__":

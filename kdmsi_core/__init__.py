@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> object:
-    """``kdmsi_core.detect`` imports torch and GDAL only when first used, so that importing
-    the package (e.g. for its version or errors) stays cheap."""
+    """``kdmsi_core.detect`` imports GDAL and its engine (ONNX Runtime or torch) only when
+    first used, so that importing the package (e.g. for its version or errors) stays cheap."""
     if name in ("detect", "DetectSummary"):
         from kdmsi_core import pipeline
 

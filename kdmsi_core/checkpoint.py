@@ -15,30 +15,42 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from kdmsi_core.errors import CheckpointError
 from kdmsi_core.limits import SCALES_RULE, valid_scales, valid_threshold
-from kdmsi_core.model import NetworkConfig, SiameseCAM
 from kdmsi_core.msi import DEFAULT_SCALES
+from kdmsi_core.netconfig import NetworkConfig
 from kdmsi_core.normalize import Normalization
-from kdmsi_core.segmenter import SiameseSegmenter
+
+if TYPE_CHECKING:  # torch only where a network is built: cards are read without it
+    import torch
+
+    from kdmsi_core.model import SiameseCAM
+    from kdmsi_core.segmenter import SiameseSegmenter
 
 FORMAT = "kdmsi-geo"
 FORMAT_VERSION = 1
 STUDENT = "student."
 TEACHER = "teacher."
 CAM_STUDENT, SEGMENTER = "cam-student", "segmenter"
-KINDS: dict[str, tuple[type[SiameseCAM] | type[SiameseSegmenter], str]] = {
-    CAM_STUDENT: (SiameseCAM, STUDENT),
-    SEGMENTER: (SiameseSegmenter, "segmenter."),
-}
-"""Model kinds a card may name: the network class and its tensors' prefix. Both map
-normalised t1, t2 to change logits, so inference treats them alike. Cards written before
-kinds existed hold a CAM student."""
+KINDS: dict[str, str] = {CAM_STUDENT: STUDENT, SEGMENTER: "segmenter."}
+"""Model kinds a card may name, and their tensors' prefix. Both map normalised t1, t2 to
+change logits, so inference treats them alike. Cards written before kinds existed hold a
+CAM student."""
+
+
+def network_class(kind: str) -> type[SiameseCAM] | type[SiameseSegmenter]:
+    """The torch network of a model kind (imported here, so that cards read without torch)."""
+    if kind == SEGMENTER:
+        from kdmsi_core.segmenter import SiameseSegmenter
+
+        return SiameseSegmenter
+    from kdmsi_core.model import SiameseCAM
+
+    return SiameseCAM
 
 
 @dataclass
@@ -119,7 +131,9 @@ def save_checkpoint(path: str | os.PathLike, student: SiameseCAM | SiameseSegmen
     """Write atomically (temporary name, then rename) so a crash leaves no half file.
     ``student`` is the network of the card's kind."""
     path = Path(path)
-    tensors = {KINDS[card.kind][1] + k: v.detach().cpu().contiguous()
+    from safetensors.torch import save_file
+
+    tensors = {KINDS[card.kind] + k: v.detach().cpu().contiguous()
                for k, v in student.state_dict().items()}
     if teacher is not None:
         tensors.update({TEACHER + k: v.detach().cpu().contiguous()
@@ -139,8 +153,13 @@ def save_checkpoint(path: str | os.PathLike, student: SiameseCAM | SiameseSegmen
 
 
 def read_card(path: str | os.PathLike) -> ModelCard:
-    """The metadata of a checkpoint, without building a network."""
-    return _open(Path(path))[0]
+    """The metadata of a checkpoint or of its ONNX export, without building a network."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        from kdmsi_core.engine import read_onnx_card
+
+        return read_onnx_card(path)
+    return _open(path)[0]
 
 
 def _open(path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
@@ -216,18 +235,20 @@ def _load_into(network: SiameseCAM | SiameseSegmenter, tensors: dict[str, torch.
 def load_checkpoint(path: str | os.PathLike | None = None, device: torch.device | str = "cpu",
                     teacher: bool = False) -> LoadedModel:
     """Build the network of the checkpoint's kind (or its teacher) and load its weights."""
+    import torch
+
     path = Path(path) if path is not None else default_model_path()
     card, tensors = _open(path)
-    network_class, prefix = KINDS[card.kind]
+    build, prefix = network_class(card.kind), KINDS[card.kind]
     if teacher:
-        network_class, prefix = SiameseCAM, TEACHER
+        build, prefix = network_class(CAM_STUDENT), TEACHER
     config = card.network
     if teacher:
         if card.teacher_combination is None or not any(k.startswith(TEACHER) for k in tensors):
             raise CheckpointError(f"{path} holds no teacher network; save it with the teacher.")
         config = NetworkConfig(config.backbone, card.teacher_combination, config.in_channels,
                                config.strides)
-    network = network_class(config)
+    network = build(config)
     _load_into(network, tensors, prefix, path)
     device = torch.device(device)
     network.to(device).eval()

@@ -31,7 +31,7 @@ from kdmsi_core.tiling import Tile
 if TYPE_CHECKING:
     from distributed import Client
 
-    from kdmsi_core.pipeline import TileResults
+    from kdmsi_core.inference import TileResults
 
 BLOCK_TILES = 8
 """Tiles per block: enough to amortise a task's overhead, few enough to balance the load."""
@@ -49,7 +49,8 @@ class Job:
     t2: str
     bands: tuple[int, ...] | None
     model: str | None  # None: the worker's embedded default model
-    digest: str
+    engine: str  # what ``auto`` chose here, so that every worker runs the same
+    digest: str  # of the file the engine runs
     device: str
     threads: int | None
     norms: tuple[Normalization, Normalization]
@@ -58,7 +59,7 @@ class Job:
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of a checkpoint, so that a worker holding another model is refused."""
+    """SHA-256 of a model file, so that a worker holding another model is refused."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -85,23 +86,20 @@ def _let_malloc_reuse_memory() -> None:
 
 
 def _worker_state(job: Job) -> tuple[object, object]:
-    import torch
-
-    from kdmsi_core.checkpoint import default_model_path
-    from kdmsi_core.device import resolve_device
-    from kdmsi_core.pipeline import load_model
+    from kdmsi_core.engine import load_engine
     from kdmsi_core.raster import RasterPair
 
     if "model_key" not in _worker:
         _let_malloc_reuse_memory()
-    torch.set_num_threads(job.threads or _threads_per_task())
-    model_key = (job.model, job.digest, job.device)
+    threads = job.threads or _threads_per_task()
+    model_key = (job.model, job.engine, job.digest, job.device, threads)
     if _worker.get("model_key") != model_key:
-        path = Path(job.model) if job.model else default_model_path()
-        if not path.is_file() or file_digest(path) != job.digest:
-            raise CheckpointError(f"The Dask worker's model file {path} is missing or differs "
-                                  "from the one given; give every worker the same checkpoint.")
-        _worker["model"] = load_model(path, resolve_device(job.device))
+        _worker.pop("model", None)
+        engine = load_engine(job.model, job.engine, job.device, threads)
+        if file_digest(engine.path) != job.digest:
+            raise CheckpointError(f"The Dask worker's model file {engine.path} differs from "
+                                  "the one given; give every worker the same model.")
+        _worker["model"] = engine
         _worker["model_key"] = model_key
     pair_key = (job.t1, job.t2, job.bands)
     if _worker.get("pair_key") != pair_key:
@@ -130,7 +128,8 @@ def run_block(job: Job, tiles: Sequence[Tile]) -> list[TileResults]:
     """Worker side: the results of ``tiles``, computed as the single-process path does."""
     import rasterio
 
-    from kdmsi_core.pipeline import GDAL_CACHE_MB, local_results
+    from kdmsi_core.inference import local_results
+    from kdmsi_core.pipeline import GDAL_CACHE_MB
 
     loaded, pair = _worker_state(job)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
@@ -150,7 +149,7 @@ def _import_distributed():
 @contextmanager
 def connect(workers: int | None, scheduler: str | None) -> Iterator[tuple[Client, int | None]]:
     """A client of an existing scheduler, or of a local cluster of ``workers`` processes;
-    also the torch threads each local worker should use (None: leave the worker's own)."""
+    also the network threads each local worker should use (None: leave the worker's own)."""
     if workers is not None and scheduler is not None:
         raise ParameterError("Give either --workers (a local cluster) or --scheduler (an "
                              "existing one), not both.")

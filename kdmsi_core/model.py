@@ -2,46 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from kdmsi_core.backbone import SPECS, build_backbone
-
-COMBINATIONS = ("cat", "minus", "abs")
-
-
-@dataclass(frozen=True)
-class NetworkConfig:
-    """Everything that fixes the shape and meaning of a network's tensors."""
-
-    backbone: str = "resnet18n"
-    combination: str = "cat"
-    in_channels: int = 3
-    strides: tuple[int, int, int, int] = field(default=(2, 2, 2, 1))
-
-    def __post_init__(self) -> None:
-        if self.backbone not in SPECS:
-            raise ValueError(
-                f"unknown backbone {self.backbone!r}; choose one of {', '.join(SPECS)}"
-            )
-        if self.combination not in COMBINATIONS:
-            raise ValueError(
-                f"unknown combination {self.combination!r}; choose one of {', '.join(COMBINATIONS)}"
-            )
-        object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
-
-    @property
-    def output_stride(self) -> int:
-        s = self.strides
-        return 2 * s[0] * s[1] * s[2] * s[3]
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["strides"] = list(self.strides)
-        return d
+from kdmsi_core.backbone import build_backbone
+from kdmsi_core.netconfig import NetworkConfig
 
 
 def fuse(f1: torch.Tensor, f2: torch.Tensor, combination: str) -> torch.Tensor:

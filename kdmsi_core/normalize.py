@@ -7,9 +7,11 @@ range makes the same rule explicit for 16-bit or float data.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import numpy as np
-import torch
+
+Array = TypeVar("Array")
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,19 @@ class Normalization:
         """The same mean/std on another input range (e.g. a 16-bit raster's stretch)."""
         return Normalization(tuple(low), tuple(high), self.mean, self.std)
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise a float tensor shaped (..., C, H, W)."""
-        shape = (-1, 1, 1)
+    def apply(self, x: Array) -> Array:
+        """Normalise a tensor or numpy array shaped (..., C, H, W) to float32 (numpy needs
+        no torch, so detection with ONNX Runtime runs without it)."""
+        if isinstance(x, np.ndarray):
+            low, high, mean, std = (np.asarray(v, np.float32).reshape(-1, 1, 1) for v in
+                                    (self.low, self.high, self.mean, self.std))
+            scaled = np.clip((x.astype(np.float32) - low) / np.maximum(high - low, 1e-12),
+                             0.0, 1.0)
+            return (scaled - mean) / std
+        import torch
 
         def t(v: tuple[float, ...]) -> torch.Tensor:
-            return torch.tensor(v, dtype=torch.float32, device=x.device).view(shape)
+            return torch.tensor(v, dtype=torch.float32, device=x.device).view(-1, 1, 1)
 
         low, high = t(self.low), t(self.high)
         scaled = ((x.float() - low) / (high - low).clamp_min(1e-12)).clamp(0.0, 1.0)

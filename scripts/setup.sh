@@ -24,7 +24,7 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ scripts/setup.sh -nt "$s
     # The CPU build first, so that the open range in setup.cfg installs nothing more.
     .venv/bin/python -m pip install -q "torch==2.13.0"
     # numpy<2 for Debian's compiled GDAL/scipy; newer attrs/rasterio/pyproj than Debian's.
-    .venv/bin/python -m pip install -q -e ".[dev,dask]" "numpy<2" "attrs>=23.2" "rasterio>=1.4" \
-        "pyproj>=3.7" "pytest-qgis==5.0.2"
+    .venv/bin/python -m pip install -q -e ".[dev,dask,torch,onnx]" "numpy<2" "attrs>=23.2" \
+        "rasterio>=1.4" "pyproj>=3.7" "pytest-qgis==5.0.2"
     touch "$stamp"
 fi

@@ -45,6 +45,7 @@ def summary_message(summary: dict) -> str:
 @options.scales_opt
 @options.bands_opt
 @options.device_opt
+@options.engine_opt
 @click.option("--workers", type=click.IntRange(1), default=None, metavar="N",
               help="Run the tiles on a local Dask cluster of N worker processes "
                    "(needs kdmsi-geo[dask]).")
@@ -56,7 +57,7 @@ def summary_message(summary: dict) -> str:
 def command(t1: str, t2: str, output: str, probability: str | None, mask: str | None,
             model: str | None, threshold: float | None, min_area: float, tile_size: int,
             overlap: int, batch_size: int | None, scales: tuple[float, ...] | None,
-            bands: tuple[int, ...] | None, device: str, workers: int | None,
+            bands: tuple[int, ...] | None, device: str, engine: str, workers: int | None,
             scheduler: str | None, overwrite: bool, progress_kind: str) -> None:
     """Detect changes from T1 to T2 (GeoTIFFs of the same place, any size).
 
@@ -70,7 +71,7 @@ def command(t1: str, t2: str, output: str, probability: str | None, mask: str | 
         summary = detect(t1, t2, output, probability=probability, mask=mask, model=model,
                          threshold=threshold, min_area=min_area, tile_size=tile_size,
                          overlap=overlap, batch_size=batch_size, scales=scales, bands=bands,
-                         device=device, overwrite=overwrite, workers=workers,
+                         device=device, engine=engine, overwrite=overwrite, workers=workers,
                          scheduler=scheduler, progress=progress)
     finally:
         close = getattr(progress, "close", None)

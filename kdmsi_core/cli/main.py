@@ -43,9 +43,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from kdmsi_core.cli import detect, evaluate, info, pseudo_label, synth, train
+    from kdmsi_core.cli import detect, evaluate, export, info, pseudo_label, synth, train
 
-    for module in (detect, synth, train, evaluate, pseudo_label, info):
+    for module in (detect, synth, train, evaluate, info, pseudo_label, export):
         cli.add_command(module.command)
 
 

@@ -42,10 +42,16 @@ def parse_scales(_ctx: click.Context, _param: click.Parameter,
 
 model_opt = click.option(
     "--model", type=click.Path(readable=False), default=None,
-    help="kdmsi checkpoint (.safetensors); default: the model embedded in the package.")
+    help="kdmsi model: a checkpoint (.safetensors) or its ONNX export (.onnx); default: the "
+         "model embedded in the package.")
 device_opt = click.option(
     "--device", default="auto", show_default=True,
-    help="Torch device: auto (a CUDA GPU if present), cpu or cuda[:N].")
+    help="Device: auto (a CUDA GPU if present), cpu or cuda[:N].")
+engine_opt = click.option(
+    "--engine", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto",
+    show_default=True,
+    help="What runs the network: auto (ONNX Runtime on the CPU when installed, torch on a "
+         "GPU), torch or onnxruntime (an .onnx model needs no torch).")
 batch_size_opt = click.option(
     "--batch-size", type=int, default=None,
     help="Tiles per forward pass [default: 16 on a GPU; on a CPU as many as hold 65536 "

@@ -75,6 +75,9 @@ def command(data_dir, output, t1, t2, labels, tile_size, samples, backbone, teac
     Only image-level labels are used: model selection takes the epoch with the lowest
     validation loss and the change threshold is calibrated from image labels alone.
     """
+    from kdmsi_core.engine import require_torch
+
+    require_torch("Training")
     from kdmsi_train.fit import fit_areas, fit_tile_folder
     from kdmsi_train.trainer import TrainConfig
 

@@ -119,9 +119,9 @@ def test_worker_refuses_a_model_file_that_differs(pair, random_model: Path) -> N
              for t in row]
     norm = Normalization((0.0,) * 3, (255.0,) * 3, (0.5,) * 3, (0.5,) * 3)
     job = Job(t1=str(pair[0]), t2=str(pair[1]), bands=(1, 2, 3), model=str(random_model),
-              digest=file_digest(default_model_path()), device="cpu", threads=1,
-              norms=(norm, norm), scales=(1.0,), batch_size=2)
-    with pytest.raises(CheckpointError, match="give every worker the same checkpoint"):
+              engine="torch", digest=file_digest(default_model_path()), device="cpu",
+              threads=1, norms=(norm, norm), scales=(1.0,), batch_size=2)
+    with pytest.raises(CheckpointError, match="give every worker the same model"):
         run_block(job, tiles[:2])
     good = dataclasses.replace(job, digest=file_digest(random_model))
     results = run_block(good, tiles[:3])

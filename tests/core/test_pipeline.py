@@ -9,7 +9,6 @@ import pyogrio.raw
 import pytest
 import rasterio
 import shapely
-import torch
 from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import box
 
@@ -179,10 +178,10 @@ def test_default_model_puts_probability_where_the_change_is(tmp_path: Path) -> N
 
 
 def test_default_batch_fills_a_cpu_pass_with_the_same_pixels_and_a_gpu_with_16() -> None:
-    from kdmsi_core.pipeline import default_batch_size
+    from kdmsi_core.inference import default_batch_size
     from kdmsi_core.tiling import Tile
 
-    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    cpu, gpu = "cpu", "cuda:0"
     sizes = {s: default_batch_size(cpu, Tile(0, 0, s, s)) for s in (512, 256, 128, 64)}
     assert sizes == {512: 1, 256: 1, 128: 4, 64: 16}
     assert default_batch_size(gpu, Tile(0, 0, 256, 256)) == 16
