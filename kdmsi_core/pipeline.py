@@ -25,7 +25,7 @@ from kdmsi_core.limits import SCALES_RULE, valid_scales, valid_threshold
 from kdmsi_core.normalize import Normalization
 from kdmsi_core.outputs import Staging, StripWriter, check_outputs, write_cog, write_errors
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
-from kdmsi_core.raster import RasterPair
+from kdmsi_core.raster import RasterPair, absolute
 from kdmsi_core.signals import stop_on_signals
 from kdmsi_core.stitch import StripStitcher
 from kdmsi_core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, Tile, check_tiling, plan_tiles
@@ -108,7 +108,7 @@ def _cluster_results(cluster: tuple, t1: str | os.PathLike, t2: str | os.PathLik
 
     client, threads = cluster
     job = distributed.Job(
-        t1=str(Path(t1).resolve()), t2=str(Path(t2).resolve()), bands=tuple(pair.bands),
+        t1=absolute(t1), t2=absolute(t2), bands=tuple(pair.bands),
         model=None if model is None else str(Path(model).resolve()), engine=engine.name,
         digest=distributed.file_digest(engine.path), device=device, threads=threads,
         norms=norms, scales=tuple(scales), batch_size=batch_size)

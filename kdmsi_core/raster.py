@@ -102,6 +102,13 @@ def open_raster(path: str | os.PathLike, role: str) -> rasterio.DatasetReader:
     return src
 
 
+def absolute(path: str | os.PathLike) -> str:
+    """``path`` as another process (a Dask worker) must be given it: resolved, except a
+    GDAL virtual path, which is kept exactly as given."""
+    name = os.fspath(path)
+    return name if _is_virtual(name) else str(Path(name).resolve())
+
+
 def dataset_files(path: str | os.PathLike) -> list[str]:
     """The path and every file GDAL reads for it (a VRT's sources, side files); the path
     alone when GDAL cannot open it (opening it later says why)."""

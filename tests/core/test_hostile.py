@@ -23,6 +23,7 @@ import rasterio
 from kdmsi_core.errors import OutputError
 from kdmsi_core.outputs import Staging
 from kdmsi_core.pipeline import detect
+from kdmsi_core.raster import absolute
 from tests.core.geodata import scene, texture, write_tif
 from tests.core.hostile import (
     KDMSI,
@@ -252,6 +253,13 @@ def test_gdal_virtual_paths_are_opened_as_given(ws: Workspace) -> None:
     ws.check(completed=True)
     missing = invoke(["detect", *ws.detect_args(t1=f"/vsizip//{archive}/none.tif")])
     assert_sentence(missing, 2, f"/vsizip//{archive}/none.tif")
+
+
+def test_dask_workers_get_virtual_paths_intact(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert absolute("/vsizip//data/pair.zip/t1.tif") == "/vsizip//data/pair.zip/t1.tif"
+    assert absolute("/vsicurl/http://host/t1.tif") == "/vsicurl/http://host/t1.tif"
+    assert absolute("t1.tif") == str(tmp_path.resolve() / "t1.tif")
 
 
 def test_output_replaced_only_when_the_run_completes(ws: Workspace) -> None:
