@@ -3,7 +3,7 @@
 Runs the default-model recipe into a temporary file (the embedded model is left alone) and
 prints change-class F1 / IoU of the teacher CAM (max-normalised), the student's sigmoid at a
 single scale and the student with MSI, on the held-back test scenes of the training data set
-and on freshly generated scenes, plus training seconds per epoch.
+and on freshly generated scenes, plus training steps and seconds.
 
     python bench/accuracy.py [--epochs N] [--scenes N]
 """
@@ -33,7 +33,7 @@ def main() -> None:
         for method, m in figures[split].items():
             print(f"{split:<16}{method:<13}{m['f1']:>8.4f}{m['iou']:>8.4f}"
                   f"{m['precision']:>8.4f}{m['recall']:>8.4f}")
-    print(f"seconds per epoch: {figures['seconds_per_epoch']}, training: "
+    print(f"steps: {figures['steps']} ({figures['stopped']}), training: "
           f"{figures['train_seconds']} s, threshold {figures['threshold']:.3f}")
     print(json.dumps(figures))
 

@@ -46,7 +46,8 @@ class Ours:
     def __init__(self, config: TrainConfig, norm: Normalization, device: torch.device,
                  total_steps: int) -> None:
         torch.manual_seed(config.seed)
-        self.teacher, self.student = build_networks(config, BANDS)
+        start = build_networks(config, BANDS)
+        self.teacher, self.student = start.teacher, start.student
         place(self.teacher, device).train()
         place(self.student, device).train()
         self.optimizer = make_optimizer([self.teacher, self.student], config.optimizer,
@@ -142,7 +143,8 @@ class Official:
     def __init__(self, config: TrainConfig, device: torch.device, total_steps: int,
                  lr: float = 1e-3, wd: float = 1e-4) -> None:
         torch.manual_seed(config.seed)
-        self.teacher, self.student = build_networks(config, BANDS)
+        start = build_networks(config, BANDS)
+        self.teacher, self.student = start.teacher, start.student
         self.teacher.to(device).train()
         self.student.to(device).train()
         groups = (official_groups(self.teacher, lr, wd)
@@ -201,7 +203,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     config = TrainConfig(backbone=args.backbone, batch_size=args.batch, seed=args.seed,
-                         device=args.device)
+                         device=args.device, init="scratch")
     norm = Normalization.for_dtype("uint8", BANDS)
     total = args.warmup + args.steps
 

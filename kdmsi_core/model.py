@@ -9,6 +9,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from kdmsi_core.backbone import build_backbone
 from kdmsi_core.netconfig import NetworkConfig
 
+POOLINGS = ("gap", "topk")
+TOPK_FRACTION = 0.1  # share of the CAM cells that top-k pooling averages
+
 
 def fuse(f1: torch.Tensor, f2: torch.Tensor, combination: str) -> torch.Tensor:
     """Combine the two dates' feature maps: ``cat`` = [f2, f1], ``minus`` = f2 - f1, ``abs``."""
@@ -40,9 +43,15 @@ class SiameseCAM(nn.Module):
         return self.classifier(fuse(features[:n], features[n:], self.config.combination))
 
 
-def image_logits(cam_logits: torch.Tensor) -> torch.Tensor:
-    """Global average pooling of the CAM logits: one logit per pair."""
-    return cam_logits.mean(dim=(1, 2, 3))
+def image_logits(cam_logits: torch.Tensor, pooling: str = "gap") -> torch.Tensor:
+    """One logit per pair: the mean of the CAM logits (``gap``, the paper's), or the mean of
+    their top :data:`TOPK_FRACTION` (``topk``), which a change covering a few cells of the
+    map can drive without lifting the whole background with it."""
+    if pooling == "gap":
+        return cam_logits.mean(dim=(1, 2, 3))
+    flat = cam_logits.flatten(1)
+    k = max(1, round(flat.shape[1] * TOPK_FRACTION))
+    return flat.topk(k, dim=1).values.mean(dim=1)
 
 
 def teacher_cam(cam_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

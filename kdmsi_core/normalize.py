@@ -62,3 +62,50 @@ class Normalization:
         low, high = t(self.low), t(self.high)
         scaled = ((x.float() - low) / (high - low).clamp_min(1e-12)).clamp(0.0, 1.0)
         return (scaled - t(self.mean)) / t(self.std)
+
+
+PERCENTILES = (2.0, 98.0)
+
+
+def is_eight_bit(norm: Normalization) -> bool:
+    """Whether ``norm`` is the fixed 0..255 rule of a model trained on 8-bit data."""
+    return all(lo == 0 and hi == 255 for lo, hi in zip(norm.low, norm.high, strict=True))
+
+
+def fits_eight_bit(values: np.ndarray) -> bool:
+    """Whether sampled values look like 8-bit data whatever their type: whole numbers in
+    0..255 (a uint16 or float copy of an 8-bit image), so that they scale exactly as the
+    8-bit original would."""
+    finite = values[np.isfinite(values)]
+    return bool(finite.size and finite.min() >= 0 and finite.max() <= 255
+                and np.all(finite == np.round(finite)))
+
+
+def percentile_range(values: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-band (low, high) 2nd-98th percentile stretch of (C, n) values; a flat or empty
+    band gets a unit range."""
+    lows, highs = [], []
+    for band in values:
+        band = band[np.isfinite(band)]
+        lo, hi = np.percentile(band, PERCENTILES) if band.size else (0.0, 1.0)
+        lows.append(float(lo))
+        highs.append(float(hi) if hi > lo else float(lo) + 1.0)
+    return tuple(lows), tuple(highs)
+
+
+def data_range(values: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The one scaling rule of training, evaluation and detection for (C, n) sampled values
+    of both dates: 8-bit-like data map 0..255 to [0, 1], anything else its own 2nd-98th
+    percentiles per band."""
+    if fits_eight_bit(values):
+        return (0.0,) * len(values), (255.0,) * len(values)
+    return percentile_range(values)
+
+
+def for_data(card: Normalization, values: np.ndarray) -> Normalization:
+    """The normalisation a checkpoint's rule gives for these data: a model trained on 8-bit
+    data takes :func:`data_range` of them; any other recorded range was chosen for its data
+    type during training and is used as is."""
+    if not is_eight_bit(card):
+        return card
+    return card.with_range(*data_range(values))

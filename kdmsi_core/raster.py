@@ -30,12 +30,10 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
 from kdmsi_core.errors import InputError, ParameterError
-from kdmsi_core.normalize import Normalization
+from kdmsi_core.normalize import Normalization, for_data
 
 STATS_SIZE = 1024
 """Longest side of the decimated read from which a 16-bit or float stretch is estimated."""
-
-PERCENTILES = (2.0, 98.0)
 
 
 @dataclass(frozen=True)
@@ -275,8 +273,10 @@ class RasterPair:
         return data, valid
 
     def normalizations(self, card: Normalization) -> tuple[Normalization, Normalization]:
-        """Per date: the checkpoint's own rule, or a 2nd-98th percentile stretch per band
-        when an 8-bit model meets 16-bit or float data (see :func:`needs_stretch`).
+        """Per date: the checkpoint's own rule, or, when an 8-bit model meets 16-bit or float
+        data (see :func:`needs_stretch`), the shared rule of
+        :func:`kdmsi_core.normalize.data_range`: 8-bit-like values keep 0..255, others get a
+        2nd-98th percentile stretch per band.
 
         When both dates need it and share a data type, one stretch is computed from both
         together: a separate stretch per date would let the change itself (say new bright
@@ -285,10 +285,10 @@ class RasterPair:
         stretch = [needs_stretch(card, dtype) for dtype in self.dtypes]
         sources = (self._src1, self._src2)
         if all(stretch) and self.dtypes[0] == self.dtypes[1]:
-            ranged = card.with_range(*_percentiles(np.concatenate(
-                [self._sample(src) for src in sources], axis=1)))
+            ranged = for_data(card, np.concatenate([self._sample(src) for src in sources],
+                                                   axis=1))
             return ranged, ranged
-        result = tuple(card.with_range(*_percentiles(self._sample(src))) if s else card
+        result = tuple(for_data(card, self._sample(src)) if s else card
                        for src, s in zip(sources, stretch, strict=True))
         return result[0], result[1]
 
@@ -307,16 +307,6 @@ class RasterPair:
                             resampling=Resampling.nearest, masked=True)
         valid = ~np.ma.getmaskarray(data).any(axis=0) & np.isfinite(data.data).all(axis=0)
         return data.data[:, valid].astype(np.float64)
-
-
-def _percentiles(values: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-band (low, high) stretch of (C, n) values; a flat or empty band gets a unit range."""
-    lows, highs = [], []
-    for band in values:
-        lo, hi = np.percentile(band, PERCENTILES) if band.size else (0.0, 1.0)
-        lows.append(float(lo))
-        highs.append(float(hi) if hi > lo else float(lo) + 1.0)
-    return tuple(lows), tuple(highs)
 
 
 def needs_stretch(card: Normalization, dtype: str) -> bool:

@@ -104,12 +104,14 @@ def sample_windows(areas: LabelAreas, width: int, height: int, tile: int, sample
     return windows
 
 
-def _fit(x: np.ndarray, tile: int) -> np.ndarray:
-    """A window larger than a tile, averaged down to the tile size."""
-    if x.shape[-1] == tile:
-        return x
-    t = torch.from_numpy(x)[None]
-    return F.interpolate(t, size=(tile, tile), mode="area")[0].round().numpy()
+def _fit(x: np.ndarray, tile: int, dtype: np.dtype) -> np.ndarray:
+    """A window larger than a tile, averaged down to the tile size and cast to ``dtype``;
+    averages are rounded only for integer types (float data keep their fractions)."""
+    if x.shape[-1] != tile:
+        x = F.interpolate(torch.from_numpy(x)[None], size=(tile, tile), mode="area")[0].numpy()
+        if dtype.kind in "iu":
+            x = x.round()
+    return x.astype(dtype)
 
 
 class AreaStore:
@@ -135,7 +137,7 @@ class AreaStore:
             self._b = np.empty_like(self._a)
             for i, (win, _) in enumerate(windows):
                 a, b, _valid = pair.read(win)
-                self._a[i], self._b[i] = (_fit(x, tile).astype(dtype) for x in (a, b))
+                self._a[i], self._b[i] = (_fit(x, tile, dtype) for x in (a, b))
         self.shape = self._a.shape[1:]
         self.dtype = self._a.dtype
         self.labels = ys

@@ -122,17 +122,30 @@ class TileFolder:
 
 
 
+def _check_bands(bands: tuple[int, ...] | None, count: int, root: Path
+                 ) -> tuple[int, ...] | None:
+    """1-based band numbers to read, checked against the tiles' band count."""
+    if not bands:
+        return None
+    if min(bands) < 1 or max(bands) > count:
+        raise DataError(f"The tiles of {root} have {count} bands; choose bands between 1 and "
+                        f"{count}, not {','.join(map(str, bands))}.")
+    return tuple(bands)
+
+
 class PairStore:
     """The pairs of one split: held in memory when they fit, otherwise read per batch."""
 
-    def __init__(self, folder: TileFolder) -> None:
+    def __init__(self, folder: TileFolder, bands: tuple[int, ...] | None = None) -> None:
         self.folder = folder
         first, _ = folder.pair(0)
-        self.shape = first.shape
+        self.bands = _check_bands(bands, first.shape[0], folder.root)
+        self.shape = (len(self.bands), *first.shape[1:]) if self.bands else first.shape
         self.dtype = first.dtype
         self._a: np.ndarray | None = None
         self._b: np.ndarray | None = None
-        if first.nbytes * 2 * len(folder) <= PRELOAD_LIMIT_BYTES:
+        if first.nbytes * 2 * len(folder) * self.shape[0] // first.shape[0] \
+                <= PRELOAD_LIMIT_BYTES:
             self._a, self._b = self._read(range(len(folder)))
 
     @property
@@ -152,6 +165,8 @@ class PairStore:
         b = np.empty_like(a)
         for j, i in enumerate(indices):
             ta, tb = self.folder.pair(i)
+            if self.bands and ta.shape[0] >= max(self.bands):
+                ta, tb = ta[[k - 1 for k in self.bands]], tb[[k - 1 for k in self.bands]]
             if ta.shape != self.shape:
                 names = self.folder.names
                 raise DataError(f"The tile {names[i]} is {ta.shape[2]}x{ta.shape[1]}x{ta.shape[0]}"
@@ -165,3 +180,15 @@ class PairStore:
         if self._a is not None and self._b is not None:
             return self._a[indices], self._b[indices]
         return self._read(indices)
+
+
+def sample_values(store, tiles: int = 256, seed: int = 0) -> np.ndarray:
+    """(C, n) values of both dates of up to ``tiles`` tiles of a store (anything with
+    ``batch`` and ``len``), decimated to about a million per band: what the scaling rule of
+    :mod:`kdmsi_core.normalize` is estimated from."""
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(store), size=min(tiles, len(store)), replace=False))
+    a, b = store.batch(idx)
+    step = max(1, int(np.sqrt(len(idx) * a.shape[2] * a.shape[3] / 500_000)))
+    both = np.concatenate([a, b])[:, :, ::step, ::step]
+    return both.transpose(1, 0, 2, 3).reshape(both.shape[1], -1).astype(np.float64)

@@ -14,8 +14,9 @@ from kdmsi_core.engine import load_engine
 from kdmsi_core.errors import DataError
 from kdmsi_core.inference import infer_batch
 from kdmsi_core.model import for_inference
+from kdmsi_core.normalize import for_data
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
-from kdmsi_train.datasets import PairStore, TileFolder
+from kdmsi_train.datasets import PairStore, TileFolder, sample_values
 from kdmsi_train.metrics import Confusion
 from kdmsi_train.predict import change_maps
 from kdmsi_train.shape_metrics import BoundaryScore, ObjectCounts
@@ -24,18 +25,20 @@ from kdmsi_train.shape_metrics import BoundaryScore, ObjectCounts
 def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str = "test",
              batch_size: int = 16, device: str = "auto", threshold: float | None = None,
              scales: Sequence[float] | None = None, teacher: bool = False,
-             progress: Progress | None = None, engine: str = "auto") -> dict:
+             progress: Progress | None = None, bands: Sequence[int] | None = None,
+             engine: str = "auto") -> dict:
     """Change-class metrics of each inference method on ``split`` (see :mod:`metrics`).
 
     Methods: ``msi`` (the product's inference), ``single`` (student sigmoid at scale 1, no
     flip) and, with ``teacher`` and a checkpoint that holds it, ``teacher_cam`` thresholded
-    at the teacher threshold calibrated during training. The student's methods run on
-    ``engine`` (auto, torch, onnxruntime) as ``detect`` runs it; ``model`` may be an
-    ``.onnx`` export then (no teacher).
+    at the teacher threshold calibrated during training. ``bands`` (1-based) picks the
+    tile bands the model reads, e.g. the RGB of 4-band tiles for a 3-band model. The
+    student's methods run on ``engine`` (auto, torch, onnxruntime) as ``detect`` runs it;
+    ``model`` may be an ``.onnx`` export then (no teacher).
     """
     progress = progress or NullProgress()
     folder = TileFolder.open(data_dir, split, need_labels=False, need_masks=True)
-    store = PairStore(folder)
+    store = PairStore(folder, tuple(bands) if bands else None)
     student = load_engine(model, engine, device)
     card = student.card
     if store.shape[0] != card.network.in_channels:
@@ -50,7 +53,8 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
         dev = resolve_device(device)
         teacher_model = for_inference(load_checkpoint(model, dev, teacher=True).model, dev)
         thresholds["teacher_cam"] = card.training.get("teacher_threshold", 0.5)
-    norm = card.normalization
+    # The scaling rule detect applies to a raster, applied to a sample of the split.
+    norm = for_data(card.normalization, sample_values(store))
     results: dict = {"data": str(data_dir), "split": split, "tiles": len(store),
                      "model": str(student.path), "scales": list(used_scales), "methods": {}}
     confusions = {method: Confusion() for method in thresholds}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 from kdmsi_core.checkpoint import ModelCard, save_checkpoint
 from kdmsi_core.device import resolve_device
 from kdmsi_core.errors import OutputError
+from kdmsi_core.model import for_inference
 from kdmsi_core.msi import DEFAULT_SCALES
 from kdmsi_core.progress import NullProgress, Progress
 from kdmsi_train import threshold
@@ -41,7 +43,9 @@ def check_output(path: Path, overwrite: bool) -> None:
 def calibrate_threshold(result: TrainResult, store: PairStore, device, batch_size: int,
                         scales=DEFAULT_SCALES, method: str = "msi") -> float:
     """The image-label-only threshold rule of :mod:`kdmsi_train.threshold` on ``store``."""
-    network = result.teacher if method == "teacher_cam" else result.student
+    # A copy prepared as detect runs it (BatchNorm folded): same maps, less time.
+    network = for_inference(copy.deepcopy(result.teacher if method == "teacher_cam"
+                                          else result.student), device)
     hist = threshold.Histograms()
     for idx, maps in iter_maps(network, store, result.normalization, device, method, scales,
                                batch_size):
@@ -84,7 +88,7 @@ def fit(train_store: PairStore, val_store: PairStore | None, output: Path, confi
         scales=DEFAULT_SCALES,
         band_names=tuple(f"band{i + 1}" for i in range(result.student.config.in_channels)),
         threshold_rule=threshold.RULE + f" (calibrated on the {calib.split} split)",
-        teacher_combination=config.teacher,
+        teacher_combination=result.teacher.config.combination,
         training={
             **data_summary,
             "config": {k: v for k, v in asdict(config).items() if k != "device"},
@@ -92,8 +96,8 @@ def fit(train_store: PairStore, val_store: PairStore | None, output: Path, confi
             "train_changed": int(np.sum(labels)),
             "val_tiles": int(len(val_store)) if val_store is not None else 0,
             "model_selection": "highest validation AUC of the student's peak probability "
-            "(image labels only)" if val_store
-            else "last epoch",
+            "(image labels only), the starting model included" if val_store
+            else "last step",
             "teacher_threshold": teacher_t,
             "seconds": round(time.perf_counter() - started, 1),
             **result.summary(),

@@ -27,6 +27,13 @@ from kdmsi_core.progress import make_progress, report_done
               help="Projected CRS (metres) of the GeoTIFFs.")
 @click.option("--dtype", type=click.Choice(["uint8", "uint16"]), default="uint8",
               show_default=True, help="uint16 writes a 12-bit-like range (value*15+100).")
+@click.option("--bands", type=click.Choice(["3", "4"]), default="3", show_default=True,
+              help="3: RGB; 4: RGB plus a near-infrared band.")
+@click.option("--change-rate", type=float, default=1.0, show_default=True,
+              help="Multiplies how many changes happen per area.")
+@click.option("--label-min-fraction", type=float, default=0.0, show_default=True,
+              help="A tile is labelled changed when more than this fraction of its pixels "
+                   "changed (0: any changed pixel).")
 @click.option("--workers", type=int, default=None,
               help="Processes generating scenes [default: CPU count, at most 4]; the data "
                    "do not depend on it.")
@@ -34,7 +41,8 @@ from kdmsi_core.progress import make_progress, report_done
 @progress_opt
 def command(
     out_dir: Path, seed: int, scenes: int, scene_size: int, tile_size: int, pixel_size: float,
-    epsg: int, dtype: str, workers: int | None, overwrite: bool, progress_kind: str,
+    epsg: int, dtype: str, bands: str, change_rate: float, label_min_fraction: float,
+    workers: int | None, overwrite: bool, progress_kind: str,
 ) -> None:
     """Write synthetic aerial scene pairs with change masks to OUT_DIR.
 
@@ -48,7 +56,8 @@ def command(
     try:
         tiles = write_tile_dataset(
             out_dir, seed=seed, scenes=scenes, scene_size=scene_size, tile_size=tile_size,
-            pixel_size=pixel_size, epsg=epsg, dtype=dtype, overwrite=overwrite,
+            pixel_size=pixel_size, epsg=epsg, dtype=dtype, bands=int(bands),
+            change_rate=change_rate, label_min_fraction=label_min_fraction, overwrite=overwrite,
             workers=workers, progress=progress,
         )
     finally:

@@ -43,7 +43,24 @@ def _strides(value: str) -> tuple[int, int, int, int]:
               help="Strides of conv1, layer2, layer3, layer4 (2,2,2,1: output stride 16).")
 @click.option("--pretrained", type=click.Path(path_type=Path),
               help="Local torchvision ResNet state dict (.pth) to start the backbones from.")
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--init", "init", default="default", show_default=True,
+              help="Where training starts: 'default' (the embedded model when its backbone, "
+                   "student fusion and strides fit; its first layer adapts to other band "
+                   "counts), 'scratch', or a .safetensors checkpoint to fine-tune.")
+@click.option("--steps", type=click.IntRange(1),
+              help="Optimiser steps [default: 600 at 128-px tiles, 150 at 256, 2000 at 64 "
+                   "(the same pixels), or --epochs passes over the data].")
+@click.option("--epochs", type=click.IntRange(1),
+              help="Passes over the training tiles, instead of --steps.")
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), metavar="MINUTES",
+              help="Stop after this many minutes and keep the best model so far.")
+@click.option("--pooling", default="gap", show_default=True,
+              type=click.Choice(["gap", "topk"]),
+              help="Teacher's image logit: mean of the CAM (gap) or mean of its top 10 %%.")
+@click.option("--balanced/--no-balanced", default=True, show_default=True,
+              help="Half changed, half unchanged pairs in every batch.")
+@click.option("--early-stop/--no-early-stop", default=True, show_default=True,
+              help="Stop when validation AUC has not improved for 4 checks.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
 @click.option("--optimizer", default="adamw", show_default=True,
               type=click.Choice(["adamw", "sgd"]),
@@ -67,13 +84,16 @@ def _strides(value: str) -> tuple[int, int, int, int]:
 @overwrite_opt
 @progress_opt
 def command(data_dir, output, t1, t2, labels, tile_size, samples, backbone, teacher, student,
-            strides, pretrained, epochs, batch_size, optimizer, lr, weight_decay, augment,
+            strides, pretrained, init, steps, epochs, time_budget, pooling, balanced,
+            early_stop, batch_size, optimizer, lr, weight_decay, augment,
             seed, stages, stage2_epochs, device, keep_teacher, overwrite,
             progress_kind) -> None:
     """Train teacher and student jointly on DATA_DIR (A/, B/, list/) or on --t1/--t2/--labels.
 
-    Only image-level labels are used: model selection takes the epoch with the lowest
-    validation loss and the change threshold is calibrated from image labels alone.
+    Only image-level labels are used: the student is checked on the validation split 12
+    times over the run (the starting model too), the check whose peak probability best
+    separates changed from unchanged validation pairs (AUC) is kept, and the change threshold
+    is calibrated from image labels alone.
     """
     from kdmsi_core.engine import require_torch
 
@@ -89,7 +109,9 @@ def command(data_dir, output, t1, t2, labels, tile_size, samples, backbone, teac
         fit_areas = partial(two_stages.fit_areas, stage2_epochs=stage2_epochs)
         fit_tile_folder = partial(two_stages.fit_tile_folder, stage2_epochs=stage2_epochs)
     config = TrainConfig(backbone=backbone, teacher=teacher, student=student,
-                         strides=_strides(strides), epochs=epochs, batch_size=batch_size,
+                         strides=_strides(strides), init=str(init), steps=steps,
+                         epochs=epochs, time_budget=time_budget, pooling=pooling,
+                         balanced=balanced, early_stop=early_stop, batch_size=batch_size,
                          optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment,
                          seed=seed, device=device,
                          pretrained=str(pretrained) if pretrained else None)

@@ -177,3 +177,13 @@ def test_sixteen_bit_pair_gets_one_percentile_stretch_for_both_dates(tmp_path: P
 def test_eight_bit_pair_keeps_the_checkpoint_rule(pair) -> None:
     with RasterPair(*pair, None, 3) as rp:
         assert rp.normalizations(EIGHT_BIT) == (EIGHT_BIT, EIGHT_BIT)
+
+
+def test_sixteen_bit_and_float_copies_of_an_eight_bit_pair_keep_the_eight_bit_rule(
+        tmp_path: Path) -> None:
+    t1, t2 = scene()
+    for dtype in ("uint16", "float32"):
+        a = write_tif(tmp_path / f"a_{dtype}.tif", t1.astype(dtype))
+        b = write_tif(tmp_path / f"b_{dtype}.tif", t2.astype(dtype))
+        with RasterPair(a, b, None, 3) as rp:
+            assert rp.normalizations(EIGHT_BIT) == (EIGHT_BIT, EIGHT_BIT)

@@ -87,3 +87,11 @@ def test_labels_in_a_crs_that_cannot_be_transformed(scene):
     assert result.exit_code != 0
     assert "cannot be transformed" in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_downscaled_float_windows_keep_their_fractions():
+    from kdmsi_train.areas import _fit
+
+    x = np.array([[[0.1, 0.2], [0.3, 0.4]]], dtype=np.float32)
+    assert _fit(x, 1, np.dtype("float32"))[0, 0, 0] == pytest.approx(0.25)
+    assert _fit(x * 10 + 0.2, 1, np.dtype("uint16"))[0, 0, 0] == 3  # integers are rounded

@@ -23,7 +23,7 @@ from tests.train.data.toy import write_toy_tiles
 def trained(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
     tiles = write_toy_tiles(work / "data", tiles=480, size=64, seed=11)
-    config = TrainConfig(epochs=10, batch_size=16, lr=3e-3, seed=0)
+    config = TrainConfig(init="scratch", epochs=10, batch_size=16, lr=3e-3, seed=0)
     return tiles, fit_tile_folder(tiles, work / "m.safetensors", config, keep_teacher=True)
 
 

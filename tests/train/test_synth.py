@@ -274,3 +274,27 @@ def test_cli_bad_input_is_one_sentence(tmp_path: Path, extra: list, message: str
     assert result.stderr.startswith("Error: ") and message in result.stderr
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_nir_band_change_rate_and_labelling_rule(tmp_path: Path) -> None:
+    from kdmsi_train.synth.writers import with_nir, write_tiles
+
+    pair = make_scene_pair(4, 128)
+    four = with_nir(pair.t1)
+    assert four.shape == (4, 128, 128) and np.array_equal(four[:3], pair.t1)
+    r, g = pair.t1[0].astype(float), pair.t1[1].astype(float)
+    greener = g > r + 20
+    assert four[3][greener].mean() > four[3][~greener].mean()  # vegetation bright in NIR
+    paths = write_scene_pair(pair, tmp_path / "s", "s", bands=4, dtype="uint16")
+    with rasterio.open(paths["t1"]) as ds:
+        assert ds.count == 4 and ds.descriptions[3] == "nir" and ds.dtypes[0] == "uint16"
+    any_pixel = write_tiles(pair, tmp_path / "a", "s", 32)
+    strict = write_tiles(pair, tmp_path / "b", "s", 32, label_min_fraction=0.05)
+    assert sum(strict.values()) < sum(any_pixel.values())
+    for name, label in strict.items():
+        with rasterio.open(tmp_path / "b" / "label" / name) as ds:
+            fraction = (ds.read(1) > 0).mean()
+        assert label == int(fraction > 0.05)
+    more = sum(make_scene_pair(s, 128, change_rate=4.0).mask.mean() for s in range(6))
+    fewer = sum(make_scene_pair(s, 128, change_rate=0.25).mask.mean() for s in range(6))
+    assert more > fewer

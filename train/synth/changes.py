@@ -33,15 +33,17 @@ RATE = 14.0  # mean number of extra change events in a 256 m x 256 m scene
 Event = Callable[[np.random.Generator, Layout, Layout], list[BaseGeometry]]
 
 
-def make_changes(rng: np.random.Generator, before: Layout) -> tuple[Layout, list[BaseGeometry]]:
+def make_changes(rng: np.random.Generator, before: Layout, rate: float = RATE
+                 ) -> tuple[Layout, list[BaseGeometry]]:
     """The layout of the second date and the footprints of what changed.
 
     Some scenes have no change at all; the others a few events whose number grows with
-    the scene area, so that about half of the 128-pixel tiles stay unchanged.
+    the scene area, so that about half of the 128-pixel tiles stay unchanged at the
+    default ``rate`` (mean events per 256 m x 256 m).
     """
     after = before.copy()
     per = before.shape[0] * before.shape[1] * before.pixel_size**2 / 65536.0
-    n = 0 if rng.random() < 0.15 else 1 + rng.poisson(RATE * per)
+    n = 0 if rng.random() < 0.15 else 1 + rng.poisson(rate * per)
     events: tuple[Event, ...] = (_new_buildings, _demolition, _new_pavement)
     changed: list[BaseGeometry] = []
     for _ in range(n):

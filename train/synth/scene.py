@@ -8,7 +8,7 @@ import numpy as np
 
 from kdmsi_core.errors import ParameterError
 from kdmsi_train.synth.buildings import place_cars
-from kdmsi_train.synth.changes import make_changes
+from kdmsi_train.synth.changes import RATE, make_changes
 from kdmsi_train.synth.geometry import burn
 from kdmsi_train.synth.landscape import make_layout
 from kdmsi_train.synth.render import make_looks, render, sensor
@@ -34,17 +34,19 @@ class ScenePair:
 
 
 def make_scene_pair(
-    seed: int, size: int | tuple[int, int] = 512, pixel_size: float = 0.5
+    seed: int, size: int | tuple[int, int] = 512, pixel_size: float = 0.5,
+    change_rate: float = 1.0,
 ) -> ScenePair:
     """Generate the scene pair of ``seed``; the same arguments always give the same arrays.
 
     ``size`` is a side length or (height, width) in pixels; ``pixel_size`` is in metres
     and scales every object, so a 2 m scene shows the same kind of place, coarser.
+    ``change_rate`` multiplies the mean number of extra change events per area.
     """
     shape = check_scene_args(size, pixel_size)
     rng = np.random.default_rng(seed)
     first = make_layout(rng, shape, pixel_size)
-    second, changed = make_changes(rng, first)
+    second, changed = make_changes(rng, first, RATE * change_rate)
     if rng.random() < 0.25:  # some changes run backwards: buildings vanish, sites fill up
         first, second = second, first
     look1, look2 = make_looks(rng, first)

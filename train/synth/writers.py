@@ -35,6 +35,7 @@ from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_train.synth.scene import ScenePair, check_scene_args, make_scene_pair
 
 DTYPES = ("uint8", "uint16")
+BAND_NAMES = {3: ("red", "green", "blue"), 4: ("red", "green", "blue", "nir")}
 SPLITS = ("train", "val", "test")
 SCENE_GAP_M = 500.0  # scenes of one data set lie side by side, this far apart
 SCENES_PER_ROW = 8
@@ -52,14 +53,17 @@ def write_scene_pair(
     origin: tuple[float, float] | None = None,
     pixel_size: float = 0.5,
     dtype: str = "uint8",
+    bands: int = 3,
 ) -> dict[str, Path]:
     """Write ``<prefix>_t1.tif``, ``<prefix>_t2.tif`` and ``<prefix>_mask.tif`` (0/255).
 
     ``origin`` is the upper-left corner in the CRS; by default a point near the centre
-    of the CRS's area of use, so the files land somewhere plausible on a map.
+    of the CRS's area of use, so the files land somewhere plausible on a map. ``bands`` 4
+    adds a near-infrared band (see :func:`with_nir`).
     """
     crs = projected_crs(epsg)
     _check_dtype(dtype)
+    _check_bands(bands)
     check_scene_args(pair.shape, pixel_size)
     x0, y0 = origin if origin is not None else default_origin(epsg)
     transform = Affine(pixel_size, 0.0, x0, 0.0, -pixel_size, y0)
@@ -68,8 +72,8 @@ def write_scene_pair(
     paths = {key: out / f"{prefix}_{key}.tif" for key in ("t1", "t2", "mask")}
     tags = {"KDMSI_SYNTH_STYLE": pair.style}
     for key in ("t1", "t2"):
-        _write_geotiff(paths[key], as_dtype(getattr(pair, key), dtype), crs, transform, tags,
-                       ("red", "green", "blue"))
+        _write_geotiff(paths[key], as_image(getattr(pair, key), dtype, bands), crs, transform,
+                       tags, BAND_NAMES[bands])
     _write_geotiff(paths["mask"], (pair.mask[None] * 255).astype(np.uint8), crs, transform,
                    tags, ("change",))
     return paths
@@ -86,6 +90,9 @@ def write_tile_dataset(
     splits: Sequence[float] = (0.7, 0.15, 0.15),
     epsg: int = 32633,
     dtype: str = "uint8",
+    bands: int = 3,
+    change_rate: float = 1.0,
+    label_min_fraction: float = 0.0,
     geotiffs: bool = True,
     overwrite: bool = False,
     workers: int | None = 1,
@@ -99,10 +106,20 @@ def write_tile_dataset(
     ``workers`` processes generate the scenes (None: one per CPU, at most 4); the output
     does not depend on it. Worker processes are spawned, so a script that asks for them
     must call this under ``if __name__ == "__main__":``.
+
+    ``bands`` is 3 (RGB) or 4 (RGB + near infrared); ``change_rate`` multiplies how many
+    changes happen; a tile is labelled changed when more than ``label_min_fraction`` of its
+    pixels changed (0: any changed pixel, as in LEVIR-CD; a small fraction mimics someone
+    labelling images by eye, who would not call a tile changed for a sliver of a
+    neighbouring change).
     """
     progress = progress or NullProgress()
     check_scene_args(scene_size, pixel_size)
     _check_dataset_args(scenes, scene_size, tile_size, dtype)
+    _check_bands(bands)
+    if not (change_rate >= 0 and 0 <= label_min_fraction < 1):
+        raise ParameterError("The change rate must be at least 0 and the labelling fraction "
+                             f"in [0, 1), not {change_rate} and {label_min_fraction}.")
     shares = _check_splits(splits)
     projected_crs(epsg)
     out = Path(out_dir)
@@ -112,19 +129,23 @@ def write_tile_dataset(
     try:
         labels: dict[str, dict[str, int]] = {}
         origins = _origins(epsg, seed, scenes, scene_size * pixel_size)
-        with contextlib.closing(_generate(seed, scenes, scene_size, pixel_size, workers)) as pairs:
+        with contextlib.closing(_generate(seed, scenes, scene_size, pixel_size, workers,
+                                           change_rate)) as pairs:
             for i, pair in enumerate(pairs):
                 name = f"scene_{i:03d}"
                 if geotiffs:
                     write_scene_pair(pair, tmp / "scenes", name, epsg=epsg, origin=origins[i],
-                                     pixel_size=pixel_size, dtype=dtype)
-                labels[name] = write_tiles(pair, tmp / "tiles", name, tile_size, dtype)
+                                     pixel_size=pixel_size, dtype=dtype, bands=bands)
+                labels[name] = write_tiles(pair, tmp / "tiles", name, tile_size, dtype, bands,
+                                           label_min_fraction)
                 progress.update("synth", i + 1, scenes, name)
                 check_cancelled(progress)
         split = split_scenes(sorted(labels), shares, seed)
         _write_lists(tmp / "tiles" / "list", split, labels)
         summary = _summary(seed, scenes, scene_size, tile_size, pixel_size, epsg, dtype, split,
                            labels)
+        summary.update(bands=bands, change_rate=change_rate,
+                       label_min_fraction=label_min_fraction)
         (tmp / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
         _publish(tmp, out)
     except BaseException:
@@ -137,7 +158,8 @@ def write_tile_dataset(
 
 
 def _generate(
-    seed: int, scenes: int, size: int, pixel_size: float, workers: int | None
+    seed: int, scenes: int, size: int, pixel_size: float, workers: int | None,
+    change_rate: float = 1.0,
 ) -> Generator[ScenePair, None, None]:
     """The scene pairs in order, made in worker processes when there are enough scenes.
 
@@ -147,27 +169,29 @@ def _generate(
     workers = min(os.cpu_count() or 1, MAX_WORKERS) if workers is None else workers
     if workers <= 1 or scenes <= workers:
         for s in seeds:
-            yield make_scene_pair(s, size, pixel_size)
+            yield make_scene_pair(s, size, pixel_size, change_rate)
         return
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        yield from pool.map(make_scene_pair, seeds, repeat(size), repeat(pixel_size))
+        yield from pool.map(make_scene_pair, seeds, repeat(size), repeat(pixel_size),
+                            repeat(change_rate))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 def write_tiles(
-    pair: ScenePair, root: Path, name: str, tile_size: int, dtype: str = "uint8"
+    pair: ScenePair, root: Path, name: str, tile_size: int, dtype: str = "uint8",
+    bands: int = 3, label_min_fraction: float = 0.0,
 ) -> dict[str, int]:
     """Cut a pair into non-overlapping tiles; returns ``{tile file name: 0|1}``.
 
-    The label is 1 iff the tile's mask has a changed pixel. Incomplete tiles at the right
-    and bottom edges are dropped.
+    The label is 1 iff more than ``label_min_fraction`` of the tile's pixels changed (any
+    changed pixel by default). Incomplete tiles at the right and bottom edges are dropped.
     """
     for sub in ("A", "B", "label"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     h, w = pair.shape
-    t1, t2 = as_dtype(pair.t1, dtype), as_dtype(pair.t2, dtype)
+    t1, t2 = as_image(pair.t1, dtype, bands), as_image(pair.t2, dtype, bands)
     labels = {}
     for r in range(h // tile_size):
         for c in range(w // tile_size):
@@ -178,7 +202,7 @@ def write_tiles(
             _write_png(root / "A" / fname, t1[(slice(None), *win)])
             _write_png(root / "B" / fname, t2[(slice(None), *win)])
             _write_png(root / "label" / fname, (mask[None] * 255).astype(np.uint8))
-            labels[fname] = int(mask.any())
+            labels[fname] = int(mask.any() and mask.mean() > label_min_fraction)
     return labels
 
 
@@ -209,6 +233,23 @@ def split_scenes(
 def scene_seed(seed: int, index: int) -> int:
     """Independent, reproducible seed of scene ``index`` in the data set of ``seed``."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint32)[0])
+
+
+def with_nir(img: np.ndarray) -> np.ndarray:
+    """RGB plus a near-infrared band derived from it: vegetation (green above red) is bright
+    in the NIR, water (blue above green) dark, and built surfaces follow their brightness,
+    as in real 4-band orthophotos. (4, H, W) uint8."""
+    r, g, b = (band.astype(np.float32) for band in img)
+    brightness = (r + g + b) / 3
+    vegetation = np.clip((g - r) / (g + r + 1), 0, 1)
+    water = np.clip((b - g) / (b + g + 1), 0, 1)
+    nir = np.clip(brightness * (1 + 3.0 * vegetation - 2.0 * water) + 10 * vegetation, 0, 255)
+    return np.concatenate([img, nir.astype(np.uint8)[None]])
+
+
+def as_image(img: np.ndarray, dtype: str, bands: int = 3) -> np.ndarray:
+    """An RGB render as written: with a NIR band when ``bands`` is 4, in ``dtype``."""
+    return as_dtype(with_nir(img) if bands == 4 else img, dtype)
 
 
 def as_dtype(img: np.ndarray, dtype: str) -> np.ndarray:
@@ -349,6 +390,12 @@ def _check_dtype(dtype: str) -> None:
     """Refuse a data type the writers do not produce."""
     if dtype not in DTYPES:
         raise ParameterError(f"The data type must be one of {', '.join(DTYPES)}, not {dtype!r}.")
+
+
+def _check_bands(bands: int) -> None:
+    """Refuse a band count the writers do not produce."""
+    if bands not in BAND_NAMES:
+        raise ParameterError(f"The band count must be 3 (RGB) or 4 (RGB + NIR), not {bands}.")
 
 
 def _check_dataset_args(scenes: int, scene_size: int, tile_size: int, dtype: str) -> None:

@@ -1,0 +1,110 @@
+"""Where training starts: the embedded model, another checkpoint, or random weights.
+
+Fine-tuning the embedded model learns far more in a CPU budget than training from scratch,
+and a data set with other bands can still use it: the first convolution is adapted (RGB
+weights kept, any extra band starts from their mean), everything else is copied.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kdmsi_core.checkpoint import CAM_STUDENT, default_model_path, load_checkpoint, read_card
+from kdmsi_core.errors import CheckpointError
+from kdmsi_core.model import NetworkConfig, SiameseCAM
+
+FIRST_CONV = "backbone.conv1.weight"
+
+
+@dataclass
+class Start:
+    """The networks training starts from, and what to record about them."""
+
+    teacher: SiameseCAM
+    student: SiameseCAM
+    source: str  # "scratch", "default" or a checkpoint path
+    note: str = ""
+
+    @property
+    def pretrained(self) -> bool:
+        return self.source != "scratch"
+
+
+def adapt_bands(state: dict[str, torch.Tensor], bands: int) -> dict[str, torch.Tensor]:
+    """A state dict whose first convolution takes ``bands`` inputs: the shared bands keep
+    their weights, extra bands start from the mean of the existing ones; all weights are
+    rescaled so that the first layer's response keeps its magnitude."""
+    weight = state[FIRST_CONV]
+    have = weight.shape[1]
+    if have == bands:
+        return state
+    if bands < have:
+        new = weight[:, :bands] * (have / bands) if bands > 1 else weight.sum(1, keepdim=True)
+    else:
+        extra = weight.mean(dim=1, keepdim=True).expand(-1, bands - have, -1, -1)
+        new = torch.cat([weight, extra], dim=1) * (have / bands)
+    return {**state, FIRST_CONV: new.contiguous()}
+
+
+def _fits(config: NetworkConfig, backbone: str, student: str,
+          strides: tuple[int, ...]) -> str | None:
+    """Why a checkpoint's network cannot start this training, or None."""
+    if config.backbone != backbone:
+        return f"its backbone is {config.backbone}, not {backbone}"
+    if config.combination != student:
+        return f"its student fusion is {config.combination}, not {student}"
+    if tuple(config.strides) != tuple(strides):
+        return f"its strides are {','.join(map(str, config.strides))}"
+    return None
+
+
+def resolve_start(init: str, backbone: str, teacher: str, student: str,
+                  strides: tuple[int, int, int, int], bands: int,
+                  pretrained: str | None) -> Start:
+    """The starting networks for ``init`` (``default``, ``scratch`` or a checkpoint path).
+
+    ``default`` quietly falls back to scratch when the embedded model does not fit the
+    requested architecture or ImageNet weights are given (``pretrained``); an explicit
+    checkpoint that does not fit is an error.
+    """
+    def scratch(note: str = "") -> Start:
+        t = SiameseCAM(NetworkConfig(backbone, teacher, bands, strides))
+        s = SiameseCAM(NetworkConfig(backbone, student, bands, strides))
+        return Start(t, s, "scratch", note)
+
+    if init == "scratch":
+        return scratch()
+    explicit = init != "default"
+    if not explicit and pretrained:
+        return scratch("ImageNet weights given: the embedded model is not used")
+    path = Path(init) if explicit else default_model_path()
+    card = read_card(path)
+    why = "it is not a CAM student" if card.kind != CAM_STUDENT else _fits(
+        card.network, backbone, student, strides)
+    if why:
+        if explicit:
+            raise CheckpointError(f"Training cannot start from {path}: {why}; pass matching "
+                                  "--backbone/--student/--strides or --init scratch.")
+        return scratch(f"the embedded model does not fit ({why}): trained from scratch")
+    loaded = load_checkpoint(path)
+    student_net = SiameseCAM(NetworkConfig(backbone, student, bands, strides))
+    student_net.load_state_dict(adapt_bands(loaded.model.state_dict(), bands))
+    note = ""
+    try:
+        old_teacher = load_checkpoint(path, teacher=True).model
+        teacher_net = SiameseCAM(NetworkConfig(backbone, old_teacher.config.combination, bands,
+                                               strides))
+        teacher_net.load_state_dict(adapt_bands(old_teacher.state_dict(), bands))
+    except CheckpointError:
+        # No teacher stored: it starts as a copy of the student, so the first distillation
+        # targets agree with what the student already maps.
+        teacher_net = copy.deepcopy(student_net)
+        note = "no teacher in the starting model: the teacher starts as a copy of the student"
+    if bands != card.network.in_channels:
+        note = "; ".join(filter(None, [note, f"first layer adapted from "
+                                       f"{card.network.in_channels} to {bands} bands"]))
+    return Start(teacher_net, student_net, "default" if not explicit else str(path), note)
