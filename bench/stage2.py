@@ -8,8 +8,9 @@ Prints one JSON line per set, then the mean and standard deviation over sets of 
 figure and of the stage-2 minus stage-1 difference. Intermediate results stay in
 ``--work``, so an interrupted run resumes.
 
-    python bench/stage2.py [--sets 101:0.5,202:0.4,303:0.6] [--scenes 12] [--steps 150]
-                           [--stage2-epochs 6] [--work /tmp/kdmsi-bench-stage2]
+    python bench/stage2.py [--sets 101:0.5,202:0.4,303:0.6,404:0.5,505:0.4,606:0.6]
+                           [--scenes 12] [--steps 80] [--stage2-epochs 20]
+                           [--work /tmp/kdmsi-bench-stage2]
 """
 
 from __future__ import annotations
@@ -62,13 +63,13 @@ def run_set(work: Path, seed: int, pixel: float, scenes: int, tile: int, steps: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", default="101:0.5,202:0.4,303:0.6",
+    parser.add_argument("--sets", default="101:0.5,202:0.4,303:0.6,404:0.5,505:0.4,606:0.6",
                         help="seed:pixel_size pairs, comma-separated")
     parser.add_argument("--scenes", type=int, default=12)
     parser.add_argument("--tile-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=None,
                         help="stage-1 optimiser steps [default: the trainer's]")
-    parser.add_argument("--stage2-epochs", type=int, default=6)
+    parser.add_argument("--stage2-epochs", type=int, default=20)
     parser.add_argument("--work", type=Path, default=Path("/tmp/kdmsi-bench-stage2"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
