@@ -10,7 +10,7 @@ import torch
 
 from kdmsi_core.checkpoint import load_checkpoint
 from kdmsi_core.device import resolve_device
-from kdmsi_core.engine import load_engine
+from kdmsi_core.engine import Engine, load_engine
 from kdmsi_core.errors import DataError
 from kdmsi_core.inference import infer_batch
 from kdmsi_core.model import for_inference
@@ -34,7 +34,9 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     at the teacher threshold calibrated during training. ``bands`` (1-based) picks the
     tile bands the model reads, e.g. the RGB of 4-band tiles for a 3-band model. The
     student's methods run on ``engine`` (auto, torch, onnxruntime) as ``detect`` runs it;
-    ``model`` may be an ``.onnx`` export then (no teacher).
+    ``model`` may be an ``.onnx`` export then (no teacher). A segmenter trained by
+    ``train --stages 2`` is shown beside its first-stage model (``stage1_msi``) while that
+    file is still where training left it.
     """
     progress = progress or NullProgress()
     folder = TileFolder.open(data_dir, split, need_labels=False, need_masks=True)
@@ -55,6 +57,10 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
         thresholds["teacher_cam"] = card.training.get("teacher_threshold", 0.5)
     # The scaling rule detect applies to a raster, applied to a sample of the split.
     norm = for_data(card.normalization, sample_values(store))
+    first = _first_stage(card.training.get("stage1_model"), engine, device)
+    if first is not None:
+        first_norm = for_data(first.card.normalization, sample_values(store))
+        thresholds["stage1_msi"] = first.card.threshold
     results: dict = {"data": str(data_dir), "split": split, "tiles": len(store),
                      "model": str(student.path), "scales": list(used_scales), "methods": {}}
     confusions = {method: Confusion() for method in thresholds}
@@ -62,9 +68,13 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     for start in range(0, len(store), batch_size):
         check_cancelled(progress)
         idx = np.arange(start, min(start + batch_size, len(store)))
-        t1, t2 = (norm.apply(x) for x in store.batch(idx))
+        a, b = store.batch(idx)
+        t1, t2 = norm.apply(a), norm.apply(b)
         maps = {method: infer_batch(student, t1, t2, s, flip)
                 for method, (s, flip) in runs.items()}
+        if first is not None:
+            maps["stage1_msi"] = infer_batch(first, first_norm.apply(a), first_norm.apply(b),
+                                             first.card.scales, True)
         if teacher:
             with torch.inference_mode():
                 x1, x2 = (torch.from_numpy(x).to(dev) for x in (t1, t2))
@@ -82,3 +92,10 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
         results["methods"][method] = {"threshold": thr, **confusions[method].as_dict(),
                                       **outline.metrics(), **objects.as_dict()}
     return results
+
+
+def _first_stage(path: str | None, engine: str, device: str) -> Engine | None:
+    """The first-stage model a segmenter's card names, if it is still on disk."""
+    if not path or not Path(path).is_file():
+        return None
+    return load_engine(path, engine, device)

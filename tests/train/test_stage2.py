@@ -2,6 +2,7 @@
 tile folder without label/ (so no pixel mask can reach training) and in the GIS form,
 resuming from kept intermediate results."""
 
+import json
 import shutil
 
 import numpy as np
@@ -58,7 +59,7 @@ def test_segmenter_starts_at_the_share_of_change():
 def no_masks(tmp_path_factory):
     root = write_toy_tiles(tmp_path_factory.mktemp("stage2") / "data", tiles=64, size=64,
                            seed=5)
-    shutil.rmtree(root / "label")
+    (root / "label").rename(root.parent / "masks")  # out of reach until evaluation
     return root
 
 
@@ -90,6 +91,19 @@ def test_train_stages_2_end_to_end_and_resume(no_masks, tmp_path):
     other = CliRunner().invoke(cli, [*args[:-len(FAST)], *FAST, "--seed", "1", "--overwrite"])
     assert other.exit_code == OutputError.exit_code
     assert "other settings" in other.output
+
+    shutil.copytree(no_masks.parent / "masks", no_masks / "label")
+    try:
+        result = CliRunner().invoke(cli, ["evaluate", str(no_masks), "--model", str(out),
+                                          "--device", "cpu", "--json"])
+    finally:
+        shutil.rmtree(no_masks / "label")
+    assert result.exit_code == 0, result.output
+    methods = json.loads(result.output[result.output.index("{"):])["methods"]
+    assert set(methods) == {"msi", "single", "stage1_msi"}  # both stages side by side
+    assert methods["stage1_msi"]["threshold"] == read_card(stage1).threshold
+    assert {"boundary_f1", "objects_hit", "objects_missed", "objects_false"} <= set(
+        methods["msi"])
 
 
 @pytest.mark.slow
