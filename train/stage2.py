@@ -52,7 +52,7 @@ class Stage2Config:
     backbone: str = "resnet18n"
     combination: str = "minus"
     strides: tuple[int, int, int, int] = (2, 2, 2, 1)
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = 16
     optimizer: str = "adamw"
     lr: float | None = None

@@ -77,7 +77,7 @@ def _strides(value: str) -> tuple[int, int, int, int]:
                    "network trained on them, which outlines changes at full resolution; "
                    "intermediate results stay in <output stem>.stages/ and a run started "
                    "again resumes there.")
-@click.option("--stage2-epochs", default=10, show_default=True, type=click.IntRange(1),
+@click.option("--stage2-epochs", default=20, show_default=True, type=click.IntRange(1),
               help="With --stages 2: passes of the segmentation network over the tiles.")
 @device_opt
 @click.option("--keep-teacher", is_flag=True, help="Store the teacher too (for evaluation).")
