@@ -159,20 +159,22 @@ def read_card(path: str | os.PathLike) -> ModelCard:
         from kdmsi_core.engine import read_onnx_card
 
         return read_onnx_card(path)
-    return _open(path)[0]
+    return _open(path, weights=False)[0]
 
 
-def _open(path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+def _open(path: Path, weights: bool = True) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+    """The card and, with ``weights``, the tensors; the card alone needs no torch (numpy
+    reads the header), so that a detect-only install shows it too."""
     if not path.is_file():
         raise CheckpointError(f"The model file {path} does not exist; give the path of a "
                               "kdmsi .safetensors checkpoint or omit --model.")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt" if weights else "numpy") as f:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT or "kdmsi" not in meta:
                 raise CheckpointError(f"{path} is a safetensors file but not a kdmsi-geo "
                                       "checkpoint; train one with `kdmsi-geo train`.")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if weights else {}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a kdmsi-geo checkpoint (not a readable "
                               f"safetensors file: {exc}); give a model made by "

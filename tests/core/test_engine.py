@@ -195,6 +195,15 @@ def test_without_torch_training_and_checkpoints_say_what_to_install(tmp_path: Pa
     assert not (tmp_path / "c.gpkg").exists()
 
 
+def test_without_torch_info_reads_checkpoint_and_onnx_cards() -> None:
+    for model in (default_model_path(), default_onnx_path()):
+        result = _run_without_torch("info", model, "--json")
+        assert result.returncode == 0, result.stderr
+        record = json.loads(result.stdout)
+        assert record["threshold"] == read_card(default_model_path()).threshold
+        assert json.loads(result.stderr.strip().splitlines()[-1]) == []
+
+
 def test_the_shipped_onnx_is_the_current_export_of_the_default_checkpoint() -> None:
     stale = "the shipped default.onnx is stale: run python scripts/export_default.py"
     meta = {p.key: p.value for p in onnx.load(str(default_onnx_path())).metadata_props}
