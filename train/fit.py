@@ -75,7 +75,12 @@ def fit(train_store: PairStore, val_store: PairStore | None, output: Path, confi
     device = resolve_device(config.device)
     calib = val_store if val_store is not None else train_store
     progress.update("calibrate threshold", 0, 1)
-    t = calibrate_threshold(result, calib, device, config.batch_size)
+    kept = result.best_step == 0 and result.start_threshold is not None
+    # When no check beat the starting model, it is returned as it came, threshold included:
+    # a threshold recalibrated on a few validation pairs (whose image labels may miss a
+    # sliver of change) is no better evidence than the one it was shipped with.
+    t = result.start_threshold if kept else calibrate_threshold(result, calib, device,
+                                                                config.batch_size)
     teacher_t = calibrate_threshold(result, calib, device, config.batch_size,
                                     method="teacher_cam")
     progress.update("calibrate threshold", 1, 1, f"threshold {t:.3f}")
@@ -87,7 +92,8 @@ def fit(train_store: PairStore, val_store: PairStore | None, output: Path, confi
         threshold=t,
         scales=DEFAULT_SCALES,
         band_names=tuple(f"band{i + 1}" for i in range(result.student.config.in_channels)),
-        threshold_rule=threshold.RULE + f" (calibrated on the {calib.split} split)",
+        threshold_rule=("kept from the starting model, which no training check beat"
+                        if kept else threshold.RULE + f" (calibrated on the {calib.split} split)"),
         teacher_combination=result.teacher.config.combination,
         training={
             **data_summary,

@@ -28,6 +28,7 @@ class Start:
     student: SiameseCAM
     source: str  # "scratch", "default" or a checkpoint path
     note: str = ""
+    threshold: float | None = None  # the starting checkpoint's calibrated threshold
 
     @property
     def pretrained(self) -> bool:
@@ -107,4 +108,5 @@ def resolve_start(init: str, backbone: str, teacher: str, student: str,
     if bands != card.network.in_channels:
         note = "; ".join(filter(None, [note, f"first layer adapted from "
                                        f"{card.network.in_channels} to {bands} bands"]))
-    return Start(teacher_net, student_net, "default" if not explicit else str(path), note)
+    return Start(teacher_net, student_net, "default" if not explicit else str(path), note,
+                 card.threshold)

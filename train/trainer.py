@@ -110,6 +110,7 @@ class TrainResult:
     best_epoch: float
     start: str = "scratch"
     stopped: str = "completed"
+    start_threshold: float | None = None
     history: list[CheckLog] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -361,4 +362,4 @@ def train(train_store: PairStore, config: TrainConfig, val_store: PairStore | No
     student.eval()
     return TrainResult(teacher, student, norm, height, best_step, round(best_step / spe, 2),
                        start.source if not start.note else f"{start.source} ({start.note})",
-                       stopped, history)
+                       stopped, start_threshold=start.threshold, history=history)

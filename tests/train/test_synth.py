@@ -282,9 +282,12 @@ def test_nir_band_change_rate_and_labelling_rule(tmp_path: Path) -> None:
     pair = make_scene_pair(4, 128)
     four = with_nir(pair.t1)
     assert four.shape == (4, 128, 128) and np.array_equal(four[:3], pair.t1)
-    r, g = pair.t1[0].astype(float), pair.t1[1].astype(float)
-    greener = g > r + 20
-    assert four[3][greener].mean() > four[3][~greener].mean()  # vegetation bright in NIR
+    # grass, water and a grey roof of one brightness: bright, dark and neutral in the NIR
+    rgb = np.array([[[60]], [[110]], [[40]]]) * np.ones((1, 1, 3))
+    rgb[:, :, 1] = [[50], [45], [115]]
+    rgb[:, :, 2] = [[70], [70], [70]]
+    grass, water, roof = with_nir(rgb.astype(np.uint8))[3, 0]
+    assert grass > roof > water
     paths = write_scene_pair(pair, tmp_path / "s", "s", bands=4, dtype="uint16")
     with rasterio.open(paths["t1"]) as ds:
         assert ds.count == 4 and ds.descriptions[3] == "nir" and ds.dtypes[0] == "uint16"

@@ -106,6 +106,8 @@ def test_the_starting_model_wins_when_training_only_makes_it_worse(toy, tmp_path
         h["val_auc"] for h in history)
     after = load_checkpoint(fitted.path).model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+    assert fitted.card.threshold == read_card(start).threshold  # returned as it came
+    assert fitted.card.threshold_rule.startswith("kept from the starting model")
 
 
 def test_steps_and_time_budget_bound_training(toy, tmp_path):
