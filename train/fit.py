@@ -102,7 +102,8 @@ def fit(train_store: PairStore, val_store: PairStore | None, output: Path, confi
             "train_changed": int(np.sum(labels)),
             "val_tiles": int(len(val_store)) if val_store is not None else 0,
             "model_selection": "highest validation AUC of the student's peak probability "
-            "(image labels only), the starting model included" if val_store
+            "(image labels only), the starting model included and replaced only by a gain "
+            "above its AUC's standard error" if val_store
             else "last step",
             "teacher_threshold": teacher_t,
             "seconds": round(time.perf_counter() - started, 1),

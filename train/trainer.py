@@ -10,8 +10,10 @@ The schedule counts optimiser steps, not epochs, so that a set of 150 tiles and 
 when it fits (:mod:`kdmsi_train.start`), samples changed and unchanged pairs equally, and
 checks the student on the validation split at regular steps, the starting model included:
 the check whose student best separates changed from unchanged validation pairs by its peak
-probability (AUC, image labels only) is kept, so training never selects something worse
-than where it started, and it stops early once that AUC has not improved for a while.
+probability (AUC, image labels only) is kept, and it stops early once that AUC has not
+improved for a while. A trained check replaces the starting model only when it beats the
+start's AUC by more than that AUC's standard error: a gain the validation pairs cannot
+tell from chance is no reason to trade a known model for an unknown one.
 """
 
 from __future__ import annotations
@@ -199,6 +201,15 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
+def auc_standard_error(area: float, positives: int, negatives: int) -> float:
+    """Hanley and McNeil's standard error of an AUC from ``positives`` changed and
+    ``negatives`` unchanged pairs: how far a few validation pairs let it wander by chance."""
+    q1, q2 = area / (2 - area), 2 * area ** 2 / (1 + area)
+    var = (area * (1 - area) + (positives - 1) * (q1 - area ** 2)
+           + (negatives - 1) * (q2 - area ** 2)) / max(1, positives * negatives)
+    return float(np.sqrt(max(var, 0.0)))
+
+
 def validate(student: SiameseCAM, store: PairStore, norm: Normalization, batch_size: int,
              device: torch.device) -> float:
     """The AUC with which the student's peak probability separates changed from unchanged
@@ -287,19 +298,23 @@ def train(train_store: PairStore, config: TrainConfig, val_store: PairStore | No
         and val_store.labels.min() != val_store.labels.max()
     history: list[CheckLog] = []
     best: tuple[float, int] | None = None  # (val AUC, step)
+    margin = 0.0  # what a trained check must add to the starting model's AUC to replace it
     best_state: tuple[dict, dict] | None = None
     since_best = 0
     stopped = "completed"
 
     def check(step: int, cls: float | None, kd: float | None, seconds: float) -> bool:
         """Validate at ``step``, keep the networks if best; False when training should stop."""
-        nonlocal best, best_state, since_best
+        nonlocal best, best_state, since_best, margin
         score = validate(student, val_store, norm, config.batch_size, device) \
             if validating else None
         history.append(CheckLog(step, round(step / spe, 2), cls, kd, score, round(seconds, 1)))
         if score is None:
             return True
-        if best is None or score > best[0]:
+        if step == 0:
+            changed = int(val_store.labels.sum())
+            margin = auc_standard_error(score, changed, len(val_store) - changed)
+        if best is None or score > best[0] + (margin if best[1] == 0 else 0.0):
             best, since_best = (score, step), 0
             best_state = (copy.deepcopy(teacher.state_dict()),
                           copy.deepcopy(student.state_dict()))

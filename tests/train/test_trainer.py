@@ -15,7 +15,7 @@ from kdmsi_core.normalize import Normalization
 from kdmsi_train.datasets import PairStore, TileFolder
 from kdmsi_train.fit import fit_tile_folder
 from kdmsi_train.start import adapt_bands, resolve_start
-from kdmsi_train.trainer import BatchSampler, TrainConfig, auc, validate
+from kdmsi_train.trainer import BatchSampler, TrainConfig, auc, auc_standard_error, validate
 from tests.train.data.toy import write_toy_tiles
 
 
@@ -144,3 +144,10 @@ def test_cli_train_defaults_and_help(toy, tmp_path):
     training = read_card(out).training
     assert training["start"].startswith("default")
     assert training["config"]["steps"] == 4
+
+
+def test_auc_standard_error_shrinks_with_more_validation_pairs():
+    # Hanley and McNeil's formula, worked by hand for A = 0.72, 279 changed, 617 unchanged
+    assert auc_standard_error(0.72, 279, 617) == pytest.approx(0.0194, abs=2e-4)
+    assert auc_standard_error(0.72, 28, 62) > 3 * auc_standard_error(0.72, 279, 617)
+    assert auc_standard_error(1.0, 50, 50) == 0.0
