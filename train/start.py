@@ -30,10 +30,6 @@ class Start:
     note: str = ""
     threshold: float | None = None  # the starting checkpoint's calibrated threshold
 
-    @property
-    def pretrained(self) -> bool:
-        return self.source != "scratch"
-
 
 def adapt_bands(state: dict[str, torch.Tensor], bands: int) -> dict[str, torch.Tensor]:
     """A state dict whose first convolution takes ``bands`` inputs: the shared bands keep
