@@ -309,11 +309,11 @@ def test_a_move_failing_part_way_puts_every_old_output_back(ws: Workspace) -> No
 
 # --- evaluate and train on broken tiles ---------------------------------------------------
 
-def _tiles(root: Path, bands: int, suffix: str = ".tif") -> Path:
+def _tiles(root: Path, bands: int, suffix: str = ".tif", count: int = 2) -> Path:
     for sub in ("A", "B", "label", "list"):
         (root / sub).mkdir(parents=True)
     names = []
-    for i in range(2):
+    for i in range(count):
         name = f"t{i}{suffix}"
         a = texture((64, 64), i, bands=bands)
         driver = "PNG" if suffix == ".png" else "GTiff"
@@ -439,10 +439,13 @@ def _train_data(tmp_path: Path) -> Path:
                                             ("evaluate", signal.SIGINT)])
 def test_train_and_evaluate_stop_alike_on_signals(tmp_path: Path, random_model: Path,
                                                   command: str, sig: int) -> None:
-    data = _train_data(tmp_path)
     model = tmp_path / "m.safetensors"
-    args = (["train", data, "-o", model, "--epochs", "500", "--progress", "json"]
-            if command == "train" else ["evaluate", data, "--model", random_model])
+    if command == "train":
+        args = ["train", _train_data(tmp_path), "-o", model, "--epochs", "500", "--progress",
+                "json"]
+    else:  # enough single-tile batches to outlast the 3 s wait on a fast, idle machine
+        data = _tiles(tmp_path / "data", 3, count=600)
+        args = ["evaluate", data, "--model", random_model, "--batch-size", "1"]
     proc = _spawn(*args, "--device", "cpu")
     if command == "train":
         _wait_for(proc, None, 1)  # training has started
