@@ -131,7 +131,8 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
             QgsProcessingParameterRasterLayer("T2", self.tr("Image after (T2)")),
             QgsProcessingParameterFile(
                 "MODEL", self.tr("Model (empty: the default model, 3 bands red, green, blue)"),
-                behavior=QgsProcessingParameterFile.File, extension="safetensors",
+                behavior=QgsProcessingParameterFile.File,
+                fileFilter="kdmsi-geo models (*.safetensors *.onnx)",
                 optional=True),
             QgsProcessingParameterBand(
                 "BANDS", self.tr("Bands, in the model's order (none: all bands)"),

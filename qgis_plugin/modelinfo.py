@@ -54,7 +54,8 @@ class ModelInfoAlgorithm(KdmsiAlgorithm):
         self.add_parameters([
             QgsProcessingParameterFile(
                 "MODEL", self.tr("Model (empty: the default model)"),
-                behavior=QgsProcessingParameterFile.File, extension="safetensors",
+                behavior=QgsProcessingParameterFile.File,
+                fileFilter="kdmsi-geo models (*.safetensors *.onnx)",
                 optional=True),
         ])
         for name, description in (("KIND", "Kind"), ("BAND_NAMES", "Band names"),

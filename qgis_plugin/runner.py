@@ -36,8 +36,9 @@ LOG_TAG = "KD-MSI"
 
 INSTALL_HINT = (
     "Install it into a Python environment of its own "
-    "(python3 -m venv kdmsi-env, then kdmsi-env/bin/pip install kdmsi-geo; "
-    "on Windows kdmsi-env\\Scripts\\pip install kdmsi-geo) and set "
+    "(python3 -m venv kdmsi-env, then kdmsi-env/bin/pip install 'kdmsi-geo[onnx]' to "
+    "detect changes without PyTorch, or 'kdmsi-geo[onnx,torch]' to train models too; "
+    "on Windows kdmsi-env\\Scripts\\pip) and set "
     "Processing > Options > Providers > KD-MSI change detection > "
     "'kdmsi-geo executable' to kdmsi-env/bin/kdmsi-geo (kdmsi-env\\Scripts\\kdmsi-geo.exe), "
     f"or set the environment variable {EXECUTABLE_ENV} to that file, "

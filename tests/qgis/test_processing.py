@@ -302,7 +302,7 @@ def test_missing_executable_says_how_to_install(plugin, pair, tmp_path: Path,
     message = str(raised.value)
     assert "kdmsi-geo command was not found" in message
     assert "no-such-kdmsi-geo" in message
-    assert "pip install kdmsi-geo" in message
+    assert "pip install 'kdmsi-geo[onnx]'" in message
     assert "Processing > Options > Providers > KD-MSI change detection" in message
 
 
@@ -316,7 +316,7 @@ def test_executable_that_cannot_start_is_reported(plugin, pair, tmp_path: Path,
     with pytest.raises(QgsProcessingException, match="could not be started") as raised:
         processing.run(ALG, {"T1": pair["t1"], "T2": pair["t2"],
                              "PROBABILITY": "TEMPORARY_OUTPUT", "CHANGES": "TEMPORARY_OUTPUT"})
-    assert str(orphan) in str(raised.value) and "pip install kdmsi-geo" in str(raised.value)
+    assert str(orphan) in str(raised.value) and "pip install 'kdmsi-geo[onnx]'" in str(raised.value)
 
 
 def test_core_errors_reach_the_user_verbatim(plugin, pair, core_executable,
