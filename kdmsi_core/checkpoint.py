@@ -179,16 +179,22 @@ def _open(path: Path, weights: bool = True) -> tuple[ModelCard, dict[str, torch.
         raise CheckpointError(f"{path} is not a kdmsi-geo checkpoint (not a readable "
                               f"safetensors file: {exc}); give a model made by "
                               "`kdmsi-geo train`.") from None
+    return parse_card(meta["kdmsi"], path, "retrain it"), tensors
+
+
+def parse_card(text: str | None, path: Path, remedy: str) -> ModelCard:
+    """The card stored in a model file's metadata, parsed and range-checked; ``remedy`` ends
+    the sentence when it is out of range (how to make the file anew)."""
     try:
-        card = ModelCard.from_json(meta["kdmsi"])
+        card = ModelCard.from_json(text)
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"The metadata of {path} is incomplete or invalid ({exc}); "
                               "the file is damaged or from another program.") from None
     problem = card_problem(card)
     if problem:
         raise CheckpointError(f"The metadata of {path} is out of range: {problem}; the file "
-                              "was edited or is damaged, retrain it.")
-    return card, tensors
+                              f"was edited or is damaged, {remedy}.")
+    return card
 
 
 def card_problem(card: ModelCard) -> str | None:

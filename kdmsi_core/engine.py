@@ -13,7 +13,6 @@ twin, or for a ``.safetensors`` checkpoint an export made in memory (needs torch
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import sys
 from abc import ABC, abstractmethod
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from kdmsi_core.checkpoint import FORMAT, ModelCard, card_problem, default_model_path
+from kdmsi_core.checkpoint import FORMAT, ModelCard, default_model_path, parse_card
 from kdmsi_core.errors import CheckpointError, ParameterError
 
 ENGINES = ("auto", "torch", "onnxruntime")
@@ -183,16 +182,7 @@ def _read_card(meta: dict[str, str], path: Path) -> ModelCard:
     if meta.get("format") != FORMAT or META_CARD not in meta:
         raise CheckpointError(f"{path} is an ONNX model but not a kdmsi-geo model; export "
                               "one with `kdmsi-geo export`.")
-    try:
-        card = ModelCard.from_json(meta[META_CARD])
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"The metadata of {path} is incomplete or invalid ({exc}); "
-                              "the file is damaged or from another program.") from None
-    problem = card_problem(card)
-    if problem:
-        raise CheckpointError(f"The metadata of {path} is out of range: {problem}; the file "
-                              "was edited or is damaged, export it again.")
-    return card
+    return parse_card(meta[META_CARD], path, "export it again")
 
 
 @lru_cache(maxsize=4)

@@ -82,6 +82,21 @@ class KdmsiAlgorithm(QgsProcessingAlgorithm):
 
         return find_executable(ProcessingConfig.getSetting(EXECUTABLE_SETTING))
 
+    def check_inputs(self, parameters: dict[str, Any], context: QgsProcessingContext) -> Any:
+        """Read and check the inputs, raising QgsProcessingException with one sentence; the
+        dialog calls it before a run starts, the run itself to get the inputs."""
+
+    def checkParameterValues(self, parameters: dict[str, Any],
+                             context: QgsProcessingContext) -> tuple[bool, str]:
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        try:
+            self.check_inputs(parameters, context)
+        except QgsProcessingException as exc:
+            return False, str(exc)
+        return True, ""
+
     def model_file(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         """The MODEL file if one is given ('' for the default model); a missing one is refused
         here, before anything starts."""

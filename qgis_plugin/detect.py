@@ -13,7 +13,6 @@ from typing import Any
 from qgis.core import (
     QgsProcessing,
     QgsProcessingContext,
-    QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBand,
@@ -166,21 +165,10 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("MIN_AREA_USED",
                                                  self.tr("Minimum area used (m²)")))
 
-    def checkParameterValues(self, parameters: dict[str, Any],
-                             context: QgsProcessingContext) -> tuple[bool, str]:
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        try:
-            self._inputs(parameters, context)
-        except QgsProcessingException as exc:
-            return False, str(exc)
-        return True, ""
-
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
         log = RunLog(feedback)
-        t1, t2, model = self._inputs(parameters, context)
+        t1, t2, model = self.check_inputs(parameters, context)
         warning = date_order_warning(t1, t2)
         if warning:
             log.warning(warning + " The outputs show what changed from T1 to T2 as given.")
@@ -235,7 +223,7 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
                 details.setPostProcessor(OutputStyler.create(raster, self._span, name))
         return {}
 
-    def _inputs(self, parameters: dict[str, Any],
+    def check_inputs(self, parameters: dict[str, Any],
                 context: QgsProcessingContext) -> tuple[str, str, str]:
         """T1 and T2 as two different local files, and the model file if one is given."""
         t1 = local_raster(self.parameterAsRasterLayer(parameters, "T1", context), "T1")

@@ -150,21 +150,10 @@ class TrainModelAlgorithm(KdmsiAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("BEST_EPOCH", self.tr("Best epoch")))
         self.addOutput(QgsProcessingOutputNumber("VAL_AUC", self.tr("Validation AUC")))
 
-    def checkParameterValues(self, parameters: dict[str, Any],
-                             context: QgsProcessingContext) -> tuple[bool, str]:
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        try:
-            self._images(parameters, context)
-        except QgsProcessingException as exc:
-            return False, str(exc)
-        return True, ""
-
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
         log = RunLog(feedback)
-        t1, t2 = self._images(parameters, context)
+        t1, t2 = self.check_inputs(parameters, context)
         warning = date_order_warning(t1, t2)
         if warning:
             log.warning(warning + " The model learns changes from T1 to T2 as given.")
@@ -213,7 +202,7 @@ class TrainModelAlgorithm(KdmsiAlgorithm):
                 "BEST_EPOCH": training.get("best_epoch", summary.get("best_epoch")),
                 "VAL_AUC": best_auc}
 
-    def _images(self, parameters: dict[str, Any],
+    def check_inputs(self, parameters: dict[str, Any],
                 context: QgsProcessingContext) -> tuple[str, str]:
         t1 = local_raster(self.parameterAsRasterLayer(parameters, "T1", context), "T1")
         t2 = local_raster(self.parameterAsRasterLayer(parameters, "T2", context), "T2")

@@ -253,7 +253,7 @@ class BatchSampler:
         return np.sort(self._take(0, self.batch_size - half) + self._take(1, half))
 
 
-def _status(step: int, total: int, spe: int, cls: float, kd: float,
+def _status(step: int, spe: int, cls: float, kd: float,
             best: tuple[float, int] | None) -> str:
     text = f"epoch {step / spe:.1f} cls {cls:.3f} kd {kd:.4f}"
     if best is not None:
@@ -351,7 +351,7 @@ def train(train_store: PairStore, config: TrainConfig, val_store: PairStore | No
         sum_kd += kd.item()
         count += 1
         progress.update("train", step, total,
-                        _status(step, total, spe, sum_cls / count, sum_kd / count, best))
+                        _status(step, spe, sum_cls / count, sum_kd / count, best))
         out_of_time = (config.time_budget is not None
                        and time.perf_counter() - started >= config.time_budget * 60)
         if step % check_every == 0 or step == total or out_of_time:
