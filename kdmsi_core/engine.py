@@ -3,7 +3,8 @@
 An engine holds one network of any kind (CAM student, segmenter), its card and the file it
 came from, and maps normalised t1, t2 batches to change logits. Tiling, MSI, stitching and
 outputs are the same whichever engine runs: ONNX Runtime works on numpy arrays and needs no
-torch, so an ``.onnx`` model detects where only ``kdmsi-geo[onnx]`` is installed.
+torch, so an ``.onnx`` model detects and is evaluated where only ``kdmsi-geo[onnx]`` is
+installed.
 
 ``auto`` picks ONNX Runtime on the CPU when it is installed (faster there), torch on a CUDA
 GPU. The ONNX form of a model is the ``.onnx`` file given, the embedded default's shipped
@@ -157,10 +158,20 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+def _onnxruntime() -> Any:
+    """ONNX Runtime, imported with its telemetry off unless ``ORT_DISABLE_TELEMETRY`` is set
+    already. Its telemetry keeps a device identifier under the home folder and, where that
+    folder is not writable, prints a warning on every run; the warning comes while the
+    module is imported, before any logger setting could silence it."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime
+
+    return onnxruntime
+
+
 def _providers(device: str) -> tuple[str, list]:
     """ONNX Runtime's execution providers for ``--device``, and the device's name."""
-    import onnxruntime as ort
-
+    ort = _onnxruntime()
     name = device.lower()
     if name in ("auto", "cpu"):
         return "cpu", ["CPUExecutionProvider"]
@@ -189,7 +200,7 @@ def _read_card(meta: dict[str, str], path: Path) -> ModelCard:
 def _session(source: _Source, device: str, threads: int | None) -> tuple[Any, ModelCard, str]:
     """One session per model, device and thread count in a process (a worker's blocks and
     repeated ``detect`` calls reuse it)."""
-    import onnxruntime as ort
+    ort = _onnxruntime()
     from onnxruntime.capi import onnxruntime_pybind11_state as state
 
     ort.set_default_logger_severity(3)  # errors only: no warnings on stderr

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from kdmsi_core.checkpoint import load_checkpoint
-from kdmsi_core.device import resolve_device
-from kdmsi_core.engine import Engine, load_engine
-from kdmsi_core.errors import DataError
+from kdmsi_core.engine import ONNX_SUFFIX, Engine, has_module, load_engine, require_torch
+from kdmsi_core.errors import DataError, ParameterError
 from kdmsi_core.inference import infer_batch
-from kdmsi_core.model import for_inference
 from kdmsi_core.normalize import for_data
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_train.datasets import PairStore, TileFolder, sample_values
 from kdmsi_train.metrics import Confusion
-from kdmsi_train.predict import change_maps
 from kdmsi_train.shape_metrics import BoundaryScore, ObjectCounts
+
+Maps = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str = "test",
@@ -34,9 +31,10 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     at the teacher threshold calibrated during training. ``bands`` (1-based) picks the
     tile bands the model reads, e.g. the RGB of 4-band tiles for a 3-band model. The
     student's methods run on ``engine`` (auto, torch, onnxruntime) as ``detect`` runs it;
-    ``model`` may be an ``.onnx`` export then (no teacher). A segmenter trained by
+    ``model`` may be an ``.onnx`` export then (no teacher). Only the teacher needs torch:
+    the rest runs where only ``kdmsi-geo[onnx]`` is installed. A segmenter trained by
     ``train --stages 2`` is shown beside its first-stage model (``stage1_msi``) while that
-    file is still where training left it.
+    file is still where training left it and this install can run it.
     """
     progress = progress or NullProgress()
     folder = TileFolder.open(data_dir, split, need_labels=False, need_masks=True)
@@ -52,8 +50,7 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     runs = {"msi": (used_scales, True), "single": ((1.0,), False)}  # scales, flip
     thresholds = {"msi": t, "single": t}
     if teacher:
-        dev = resolve_device(device)
-        teacher_model = for_inference(load_checkpoint(model, dev, teacher=True).model, dev)
+        teacher_maps = _teacher(model, device)
         thresholds["teacher_cam"] = card.training.get("teacher_threshold", 0.5)
     # The scaling rule detect applies to a raster, applied to a sample of the split.
     norm = for_data(card.normalization, sample_values(store))
@@ -76,10 +73,7 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
             maps["stage1_msi"] = infer_batch(first, first_norm.apply(a), first_norm.apply(b),
                                              first.card.scales, True)
         if teacher:
-            with torch.inference_mode():
-                x1, x2 = (torch.from_numpy(x).to(dev) for x in (t1, t2))
-                maps["teacher_cam"] = change_maps(teacher_model, x1, x2, "teacher_cam",
-                                                  used_scales).float().cpu().numpy()
+            maps["teacher_cam"] = teacher_maps(t1, t2)
         masks = [folder.mask(int(i)) for i in idx]
         for method, thr in thresholds.items():
             for m, truth in zip(maps[method], masks, strict=True):
@@ -94,8 +88,36 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     return results
 
 
+def _teacher(model: str | Path | None, device: str) -> Maps:
+    """The teacher CAM of a checkpoint as a function of normalised batches. The teacher is
+    not exported to ONNX, so this is the one part of evaluation that needs torch."""
+    if model is not None and Path(model).suffix.lower() == ONNX_SUFFIX:
+        raise ParameterError(f"--teacher needs the .safetensors checkpoint: its ONNX export "
+                             f"{Path(model).name} holds no teacher.")
+    require_torch("Evaluating the teacher CAM (--teacher)")
+    import torch
+
+    from kdmsi_core.checkpoint import load_checkpoint
+    from kdmsi_core.device import resolve_device
+    from kdmsi_core.model import for_inference
+    from kdmsi_train.predict import change_maps
+
+    dev = resolve_device(device)
+    network = for_inference(load_checkpoint(model, dev, teacher=True).model, dev)
+
+    def maps(t1: np.ndarray, t2: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x1, x2 = (torch.from_numpy(x).to(dev) for x in (t1, t2))
+            return change_maps(network, x1, x2, "teacher_cam", (1.0,)).float().cpu().numpy()
+
+    return maps
+
+
 def _first_stage(path: str | None, engine: str, device: str) -> Engine | None:
-    """The first-stage model a segmenter's card names, if it is still on disk."""
+    """The first-stage model a segmenter's card names, if it is still on disk and this
+    install can run it (a checkpoint needs torch, which a detect-only install lacks)."""
     if not path or not Path(path).is_file():
+        return None
+    if Path(path).suffix.lower() != ONNX_SUFFIX and not has_module("torch"):
         return None
     return load_engine(path, engine, device)

@@ -35,7 +35,8 @@ def format_table(results: dict) -> str:
 @click.option("--threshold", type=click.FloatRange(0, 1),
               help="Override the checkpoint's calibrated threshold.")
 @scales_opt
-@click.option("--teacher", is_flag=True, help="Also evaluate the teacher CAM (if stored).")
+@click.option("--teacher", is_flag=True,
+              help="Also evaluate the teacher CAM (if stored; needs torch).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
 @device_opt
 @engine_opt
@@ -43,9 +44,6 @@ def format_table(results: dict) -> str:
 def command(data_dir, model, split, threshold, scales, teacher, batch_size, device, engine,
             as_json) -> None:
     """Precision, recall, F1, IoU (change class), overall accuracy and kappa on DATA_DIR."""
-    from kdmsi_core.engine import require_torch
-
-    require_torch("Evaluation")  # its metrics use torch, whichever engine runs the model
     from kdmsi_train.evaluate import evaluate
 
     progress = make_progress("none" if as_json else "bar")

@@ -1,15 +1,17 @@
-"""Small generated GeoTIFFs and two test checkpoints, made on the fly (no stored blobs).
+"""Small generated GeoTIFFs and test checkpoints, made on the fly (no stored blobs).
 
 ``random_model`` is a randomly initialised narrow network: right for geometry, seams, CRS,
 nodata and output tests. ``difference_model`` is a real SiameseCAM whose weights are set by
 hand so that its CAM logit is ``GAIN * sum_bands |t2 - t1|`` (box-filtered): probability
 0.5 where nothing changed, close to 1 where the pair differs, threshold 0.75. It makes
-polygon tests meaningful before a trained default model exists.
+polygon tests meaningful before a trained default model exists. ``difference_segmenter``
+is the second-stage network wired the same way.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +20,10 @@ import torch
 from affine import Affine
 from rasterio.transform import from_origin
 
-from kdmsi_core.checkpoint import ModelCard, save_checkpoint
+from kdmsi_core.checkpoint import SEGMENTER, ModelCard, save_checkpoint
 from kdmsi_core.model import NetworkConfig, SiameseCAM
 from kdmsi_core.normalize import Normalization
+from kdmsi_core.segmenter import SiameseSegmenter
 
 os.environ.pop("PROJ_DATA", None)
 os.environ.pop("PROJ_LIB", None)
@@ -84,25 +87,49 @@ def random_checkpoint(path: Path, seed: int = 0, **card) -> Path:
     return save_checkpoint(path, model, make_card(**card))
 
 
+def _difference_encoder(model: torch.nn.Module) -> None:
+    """Zero ``model``, make every BatchNorm the identity and wire its first convolution to
+    +x and -x of each band, box-averaged over 7 x 7 (16 channels: 0-5 used)."""
+    for p in model.parameters():
+        p.zero_()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.fill_(1.0)
+            m.running_mean.zero_()
+            m.running_var.fill_(1.0 - m.eps)
+    conv1 = model.backbone.conv1.weight  # (16, 3, 7, 7)
+    for band in range(3):
+        conv1[band, band] = 1.0 / 49
+        conv1[band + 3, band] = -1.0 / 49
+
+
 def difference_checkpoint(path: Path, scales: tuple[float, ...] = (1.0,)) -> Path:
     """A SiameseCAM (abs fusion) hand-wired to compute GAIN * sum |t2 - t1| per location."""
     card = make_card(threshold=0.75, scales=scales, combination="abs")
     model = SiameseCAM(card.network)
     with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        for m in model.modules():  # every BatchNorm becomes the identity
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.fill_(1.0)
-                m.running_mean.zero_()
-                m.running_var.fill_(1.0 - m.eps)
-        conv1 = model.backbone.conv1.weight  # (16, 3, 7, 7): +x and -x of each band, box mean
-        for band in range(3):
-            conv1[band, band] = 1.0 / 49
-            conv1[band + 3, band] = -1.0 / 49
+        _difference_encoder(model)
         for layer in (model.backbone.layer2, model.backbone.layer3, model.backbone.layer4):
             down = layer[0].downsample[0].weight  # (out, in, 1, 1): pass channels through
             for c in range(min(down.shape[0], down.shape[1])):
                 down[c, c] = 1.0
+        model.classifier.weight[0, :6] = GAIN
+    return save_checkpoint(path, model.eval(), card)
+
+
+def difference_segmenter(path: Path, tile_size: int = 128) -> Path:
+    """A SiameseSegmenter (abs fusion) hand-wired like :func:`difference_checkpoint`, through
+    its low-level branch only (the high-level one gives zeros): a map with structure, unlike
+    a random network's, so that thresholds fall where few probabilities lie."""
+    card = replace(make_card(threshold=0.75, tile_size=tile_size, combination="abs"),
+                   kind=SEGMENTER)
+    model = SiameseSegmenter(card.network)
+    with torch.no_grad():
+        _difference_encoder(model)
+        mid = model.classifier.in_channels
+        for c in range(6):  # |f2 - f1| of the six channels, passed through to the classifier
+            model.reduce[0].weight[c, c] = 1.0
+            model.decoder[0].weight[c, mid + c, 1, 1] = 1.0
+            model.decoder[3].weight[c, c, 1, 1] = 1.0
         model.classifier.weight[0, :6] = GAIN
     return save_checkpoint(path, model.eval(), card)

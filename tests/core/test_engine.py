@@ -5,9 +5,6 @@ shipped ONNX twin of the default model is the default checkpoint's current expor
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,33 +31,10 @@ from kdmsi_core.normalize import Normalization
 from kdmsi_core.pipeline import detect
 from kdmsi_core.segmenter import SiameseSegmenter
 from kdmsi_train.synth import make_scene_pair
+from tests.core.cli_runs import run_cli, run_without_torch
 from tests.core.geodata import transform_for, write_tif
 
-KDMSI = Path(sys.executable).with_name("kdmsi-geo")
 TOLERANCE = 1e-4
-NO_TORCH = """import json, sys
-sys.modules["torch"] = None  # every import of torch now fails, as where it is not installed
-from kdmsi_core.cli.main import cli
-try:
-    cli(sys.argv[1:])
-finally:
-    loaded = sorted(m for m, v in sys.modules.items() if m.startswith("torch") and v)
-    print(json.dumps(loaded), file=sys.stderr)
-"""
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("PROJ_DATA", "PROJ_LIB")}
-
-
-def _run(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([str(KDMSI), *map(str, args)], capture_output=True, text=True,
-                          env=_env(), check=False)
-
-
-def _run_without_torch(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", NO_TORCH, *map(str, args)],
-                          capture_output=True, text=True, env=_env(), check=False)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +82,7 @@ def test_auto_takes_onnxruntime_on_the_cpu_and_torch_on_a_gpu(tmp_path: Path) ->
 def test_export_then_load_round_trips_the_card_and_the_network(tmp_path: Path,
                                                                random_model: Path) -> None:
     out = tmp_path / "random.onnx"
-    result = _run("export", random_model, "-o", out)
+    result = run_cli("export", random_model, "-o", out)
     assert result.returncode == 0, result.stderr
     assert str(out) in result.stdout
     engine = load_engine(out)
@@ -159,7 +133,7 @@ def test_a_corrupt_or_foreign_onnx_file_is_exit_3_with_one_sentence(tmp_path: Pa
     out.mkdir()
     for model, words in ((corrupt, "is not a readable ONNX model"),
                          (foreign, "is an ONNX model but not a kdmsi-geo model")):
-        result = _run("detect", *pair, "-o", out / "c.gpkg", "--model", model)
+        result = run_cli("detect", *pair, "-o", out / "c.gpkg", "--model", model)
         assert result.returncode == 3, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error: ") and words in lines[0]
@@ -169,9 +143,9 @@ def test_a_corrupt_or_foreign_onnx_file_is_exit_3_with_one_sentence(tmp_path: Pa
 
 def test_detect_runs_without_torch_on_an_onnx_model(tmp_path: Path, real_pair) -> None:
     out = tmp_path / "c.gpkg"
-    result = _run_without_torch("detect", *real_pair, "-o", out, "--tile-size", "128",
-                                "--overlap", "32", "--model", default_onnx_path(),
-                                "--progress", "json")
+    result = run_without_torch("detect", *real_pair, "-o", out, "--tile-size", "128",
+                               "--overlap", "32", "--model", default_onnx_path(),
+                               "--progress", "json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stderr.strip().splitlines()[-1]) == []  # no torch module loaded
     summary = json.loads(result.stdout.strip().splitlines()[-1])["summary"]
@@ -182,22 +156,19 @@ def test_detect_runs_without_torch_on_an_onnx_model(tmp_path: Path, real_pair) -
 def test_without_torch_training_and_checkpoints_say_what_to_install(tmp_path: Path, pair,
                                                                      random_model: Path
                                                                      ) -> None:
-    result = _run_without_torch("train", tmp_path, "-o", tmp_path / "m.safetensors")
+    result = run_without_torch("train", tmp_path, "-o", tmp_path / "m.safetensors")
     assert result.returncode == 2
     assert result.stderr.splitlines()[0] == ("Error: Training needs PyTorch, which is not "
                                              "installed; pip install 'kdmsi-geo[torch]'.")
-    result = _run_without_torch("evaluate", tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.startswith("Error: Evaluation needs PyTorch")
-    result = _run_without_torch("detect", *pair, "-o", tmp_path / "c.gpkg", "--model",
-                                random_model, "--engine", "torch")
+    result = run_without_torch("detect", *pair, "-o", tmp_path / "c.gpkg", "--model",
+                               random_model, "--engine", "torch")
     assert result.returncode == 2 and "kdmsi-geo[torch]" in result.stderr.splitlines()[0]
     assert not (tmp_path / "c.gpkg").exists()
 
 
 def test_without_torch_info_reads_checkpoint_and_onnx_cards() -> None:
     for model in (default_model_path(), default_onnx_path()):
-        result = _run_without_torch("info", model, "--json")
+        result = run_without_torch("info", model, "--json")
         assert result.returncode == 0, result.stderr
         record = json.loads(result.stdout)
         assert record["threshold"] == read_card(default_model_path()).threshold
@@ -216,18 +187,3 @@ def test_the_shipped_onnx_is_the_current_export_of_the_default_checkpoint() -> N
     t1, t2 = (rng.standard_normal((2, 3, 64, 64)).astype(np.float32) for _ in range(2))
     diff = infer_batch(onnx_engine, t1, t2, (1.0,)) - infer_batch(torch_engine, t1, t2, (1.0,))
     assert np.abs(diff).max() < TOLERANCE, stale
-
-
-def test_evaluate_gives_the_same_metrics_on_both_engines(tmp_path: Path) -> None:
-    from kdmsi_train.evaluate import evaluate
-
-    result = _run("synth", tmp_path, "--scenes", "1", "--scene-size", "256",
-                  "--tile-size", "128")
-    assert result.returncode == 0, result.stderr
-    runs = {e: evaluate(tmp_path / "tiles", split="train", engine=e, batch_size=4)
-            for e in ("torch", "onnxruntime")}
-    assert runs["onnxruntime"]["model"] == str(default_onnx_path())
-    for method in ("msi", "single"):
-        ours, theirs = runs["onnxruntime"]["methods"][method], runs["torch"]["methods"][method]
-        assert ours["f1"] == pytest.approx(theirs["f1"], abs=1e-3)
-        assert ours["iou"] == pytest.approx(theirs["iou"], abs=1e-3)

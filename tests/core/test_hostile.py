@@ -444,7 +444,7 @@ def test_train_and_evaluate_stop_alike_on_signals(tmp_path: Path, random_model: 
         args = ["train", _train_data(tmp_path), "-o", model, "--epochs", "500", "--progress",
                 "json"]
     else:  # enough single-tile batches to outlast the 3 s wait on a fast, idle machine
-        data = _tiles(tmp_path / "data", 3, count=600)
+        data = _tiles(tmp_path / "data", 3, count=1500)
         args = ["evaluate", data, "--model", random_model, "--batch-size", "1"]
     proc = _spawn(*args, "--device", "cpu")
     if command == "train":

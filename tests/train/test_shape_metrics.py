@@ -58,6 +58,35 @@ def test_components_are_eight_connected():
     assert len(np.unique(components(snake)[snake])) == 1
 
 
+def _flood_fill(mask: np.ndarray) -> np.ndarray:
+    """8-connected regions, one breadth-first search per region: the plain reference."""
+    labels = np.zeros(mask.shape, np.int64)
+    count = 0
+    for start in map(tuple, np.argwhere(mask)):
+        if labels[start]:
+            continue
+        count += 1
+        labels[start], queue = count, [start]
+        while queue:
+            y, x = queue.pop()
+            for ny in range(max(y - 1, 0), min(y + 2, mask.shape[0])):
+                for nx in range(max(x - 1, 0), min(x + 2, mask.shape[1])):
+                    if mask[ny, nx] and not labels[ny, nx]:
+                        labels[ny, nx] = count
+                        queue.append((ny, nx))
+    return labels
+
+
+def test_components_are_the_regions_of_a_flood_fill():
+    rng = np.random.default_rng(0)
+    for density in (0.2, 0.45, 0.6):
+        m = rng.random((40, 50)) < density
+        ours, reference = components(m), _flood_fill(m)
+        pairs = set(zip(ours[m].tolist(), reference[m].tolist(), strict=True))
+        assert len(pairs) == len(np.unique(ours[m])) == reference.max()  # the same partition
+        assert (ours[~m] == 0).all()
+
+
 def test_object_counts():
     truth = _square(size=40) | _square(size=40, r0=30, r1=36, c0=30, c1=36)
     predicted = _square(size=40, r0=10, r1=14, c0=10, c1=14)  # hits the first object
