@@ -3,15 +3,15 @@
 Rule, per pair of the labelled split (no pixel mask is read):
 
 - a pair labelled unchanged is background (0) everywhere: its image label says so;
-- in a changed pair, change (1) where P >= t_high, background (0) where P < t_low, and
-  ignore (255) in between, where the map is not sure;
-- a changed pair whose map nowhere reaches t_high is ignored as a whole: its label says
+- in a changed pair, change (1) where P > t_high (as ``detect`` cuts), background (0) where
+  P < t_low, and ignore (255) in between, where the map is not sure;
+- a changed pair whose map nowhere exceeds t_high is ignored as a whole: its label says
   something changed, the map cannot say where, and calling it background would contradict
   the label.
 
 Thresholds, from the split's probabilities and image labels only (1000-bin histograms as in
-:mod:`kdmsi_train.threshold`): ``t_high`` is the calibration rule of the checkpoints (max of
-Otsu on changed pairs and the 0.998 quantile of unchanged pairs, clipped to [0.05, 0.95]);
+:mod:`kdmsi_train.threshold`): ``t_high`` is the calibration rule of the checkpoints (the 0.9
+quantile of the unchanged pairs' peak probabilities, clipped to [0.05, 0.95]);
 ``t_low = min(0.95 quantile of unchanged pairs, t_high)``: below it lie 95 % of the pixels
 known to be unchanged, so a pixel of a changed pair below it looks like no change at all.
 
@@ -48,11 +48,10 @@ BACKGROUND, CHANGE, IGNORE = 0, 1, 255
 MASKS = "pseudo"
 SUMMARY = "pseudo.json"
 LOW_QUANTILE = 0.95
-RULE = ("unchanged pairs: all background; changed pairs: change where P >= t_high, "
-        "background where P < t_low, ignore (255) in between, all ignore if P never reaches "
-        f"t_high; t_high = max(Otsu on changed pairs, {1 - threshold.FALSE_ALARM:.3f} quantile "
-        f"of unchanged pairs) clipped to [{threshold.T_MIN}, {threshold.T_MAX}]; t_low = "
-        f"min({LOW_QUANTILE} quantile of unchanged pairs, t_high); image-level labels only")
+RULE = ("unchanged pairs: all background; changed pairs: change where P > t_high, "
+        "background where P < t_low, ignore (255) in between, all ignore if P never exceeds "
+        f"t_high; t_high = {threshold.RULE}; t_low = min({LOW_QUANTILE} quantile of the "
+        "unchanged pairs' pixels, t_high)")
 PALETTE = {BACKGROUND: (0, 0, 0, 255), CHANGE: (255, 255, 255, 255),
            IGNORE: (128, 128, 128, 255)}
 
@@ -69,9 +68,9 @@ def pseudo_mask(prob: np.ndarray, label: float, high: float, low: float) -> np.n
     if label <= 0.5:
         return np.full(prob.shape, BACKGROUND, np.uint8)
     mask = np.full(prob.shape, IGNORE, np.uint8)
-    if prob.max() < high:
+    if prob.max() <= high:
         return mask
-    mask[prob >= high] = CHANGE
+    mask[prob > high] = CHANGE
     mask[prob < low] = BACKGROUND
     return mask
 

@@ -1,13 +1,26 @@
 """Choosing the change threshold from image-level labels only.
 
-No pixel labels exist in weak supervision, but image labels say two useful things: every
-pixel of an unchanged pair is unchanged, and a changed pair mixes unchanged background with
-some change. The rule: t = max(Otsu threshold of the probabilities of changed pairs,
-the (1 - FALSE_ALARM) quantile of the probabilities of unchanged pairs), clipped to
-[T_MIN, T_MAX]. Otsu splits the changed pairs' two populations (background and change)
-without knowing which pixel is which; the quantile guarantees that at most FALSE_ALARM of
-the pixels known to be unchanged are flagged. Both are computed from 1000-bin histograms
-accumulated batch by batch, so calibration never holds the maps in memory.
+No pixel labels exist in weak supervision, but image labels say that every pixel of an
+unchanged pair is unchanged and that a changed pair holds some change. The rule, on each
+pair's peak probability:
+
+t = max(the (1 - PAIR_FALSE_ALARM) quantile of the unchanged pairs' peaks,
+        the midpoint of the unchanged and the changed pairs' median peaks),
+
+clipped to [T_MIN, T_MAX]. The first term lets at most one unchanged pair in ten show any
+change; it counts pairs, not pixels, so a few pairs labelled unchanged that hold an
+unlabelled sliver of change (image labels are rarely perfect) move it little, where a pixel
+quantile of those pairs would be set by those very slivers. The second keeps the threshold
+off the faint halo around changes of a model whose unchanged maps are all but empty: there
+the first term would sit at the floor of the halo. Without unchanged pairs, Otsu's
+threshold of the changed pairs' probabilities splits their two populations instead.
+
+On the robustness benchmark's sets this rule came closer to the best threshold than the
+former max(Otsu on changed pairs, 0.998 pixel quantile of unchanged pairs), which failed
+outright where the labels miss slivers (README, "Threshold without pixel labels").
+
+Probabilities are accumulated in 1000-bin histograms and peaks one number per pair, batch
+by batch, so calibration never holds the maps in memory.
 """
 
 from __future__ import annotations
@@ -17,18 +30,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 BINS = 1000
-FALSE_ALARM = 0.002
+PAIR_FALSE_ALARM = 0.1
 T_MIN, T_MAX = 0.05, 0.95
-RULE = (f"max(Otsu on changed validation pairs, {1 - FALSE_ALARM:.3f} quantile of unchanged "
-        f"validation pairs), clipped to [{T_MIN}, {T_MAX}]; image-level labels only")
+RULE = (f"max({1 - PAIR_FALSE_ALARM:g} quantile of the peak probabilities of the pairs "
+        "labelled unchanged, midpoint of the median peaks of unchanged and changed pairs) "
+        f"(Otsu on changed pairs without unchanged ones), clipped to [{T_MIN}, {T_MAX}]; "
+        "image-level labels only")
 
 
 @dataclass
 class Histograms:
-    """Probability histograms of changed and unchanged pairs."""
+    """Probability histograms of changed and unchanged pairs, and each pair's peak."""
 
     changed: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))
     unchanged: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))
+    unchanged_peaks: list[float] = field(default_factory=list)
+    changed_peaks: list[float] = field(default_factory=list)
 
     def update(self, maps: np.ndarray, labels: np.ndarray) -> None:
         for m, y in zip(maps, labels, strict=True):
@@ -36,8 +53,10 @@ class Histograms:
                             minlength=BINS)
             if y > 0.5:
                 self.changed += h
+                self.changed_peaks.append(float(np.max(m)))
             else:
                 self.unchanged += h
+                self.unchanged_peaks.append(float(np.max(m)))
 
 
 def otsu(hist: np.ndarray) -> float:
@@ -67,9 +86,12 @@ def quantile(hist: np.ndarray, q: float) -> float:
 
 def calibrate(h: Histograms) -> float:
     """The threshold the rule in the module docstring gives."""
-    candidates = [T_MIN]
-    if h.changed.sum():
-        candidates.append(otsu(h.changed))
-    if h.unchanged.sum():
-        candidates.append(quantile(h.unchanged, 1 - FALSE_ALARM))
-    return float(np.clip(max(candidates), T_MIN, T_MAX))
+    if h.unchanged_peaks:
+        t = float(np.quantile(h.unchanged_peaks, 1 - PAIR_FALSE_ALARM))
+        if h.changed_peaks:
+            t = max(t, float(np.median(h.unchanged_peaks) + np.median(h.changed_peaks)) / 2)
+    elif h.changed.sum():
+        t = otsu(h.changed)
+    else:
+        t = T_MIN
+    return float(np.clip(t, T_MIN, T_MAX))

@@ -4,6 +4,16 @@ import pytest
 from kdmsi_train import threshold
 
 
+def _unchanged(peaks: np.ndarray, rng: np.random.Generator) -> threshold.Histograms:
+    """Histograms of unchanged 8x8 maps, each with the given peak at one pixel."""
+    h = threshold.Histograms()
+    for peak in peaks:
+        m = rng.uniform(0, peak, (1, 8, 8))
+        m[0, 3, 3] = peak
+        h.update(m, np.array([0]))
+    return h
+
+
 def test_otsu_separates_two_modes():
     rng = np.random.default_rng(0)
     h = threshold.Histograms()
@@ -14,18 +24,54 @@ def test_otsu_separates_two_modes():
     assert 0.25 < t < 0.55
 
 
-def test_false_alarm_quantile_dominates_when_negatives_are_noisy():
+def test_one_unchanged_pair_in_ten_shows_change_at_the_threshold():
+    """Unchanged pairs only: the peak quantile alone decides."""
+    peaks = np.linspace(0.1, 0.6, 101)
+    t = threshold.calibrate(_unchanged(peaks, np.random.default_rng(1)))
+    assert t == pytest.approx(np.quantile(peaks, 1 - threshold.PAIR_FALSE_ALARM))
+    assert np.mean(peaks > t) == pytest.approx(threshold.PAIR_FALSE_ALARM, abs=0.011)
+
+
+def test_a_few_unchanged_pairs_with_unlabelled_change_barely_move_it():
+    rng = np.random.default_rng(2)
+    peaks = rng.uniform(0.1, 0.2, 100)
+    clean = threshold.calibrate(_unchanged(peaks, rng))
+    h = _unchanged(peaks, rng)
+    for _ in range(5):  # pairs labelled unchanged that hold a sliver of real change
+        m = np.full((1, 8, 8), 0.05)
+        m[0, :2, :2] = 0.95
+        h.update(m, np.array([0]))
+    noisy = threshold.calibrate(h)
+    assert noisy < 0.21 and abs(noisy - clean) < 0.02
+    # A pixel quantile of the same pairs would be set by those slivers.
+    assert threshold.quantile(h.unchanged, 0.998) > 0.9
+
+
+def test_without_unchanged_pairs_otsu_of_changed_pairs_decides():
     h = threshold.Histograms()
-    ramp = np.linspace(0, 0.8, 10000)
-    h.update(ramp[None, :, None], np.array([0]))
-    h.update(np.array([0.0, 0.05, 0.9, 0.95])[None, :, None], np.array([1]))
-    t = threshold.calibrate(h)
-    assert t == pytest.approx(0.8 * (1 - threshold.FALSE_ALARM), abs=2e-3)
-    flagged = np.mean(ramp > t)
-    assert flagged <= threshold.FALSE_ALARM + 1e-3
+    m = np.concatenate([np.full(900, 0.1), np.full(100, 0.8)])[None, :, None]
+    h.update(m, np.array([1]))
+    assert threshold.calibrate(h) == pytest.approx(threshold.otsu(h.changed))
+    assert 0.1 < threshold.calibrate(h) < 0.8
 
 
 def test_threshold_is_clipped():
     h = threshold.Histograms()
     h.update(np.zeros((1, 10, 10)), np.array([0]))
     assert threshold.calibrate(h) == threshold.T_MIN
+    h = threshold.Histograms()
+    h.update(np.ones((1, 10, 10)), np.array([0]))
+    assert threshold.calibrate(h) == threshold.T_MAX
+
+
+def test_threshold_stays_off_the_halo_of_a_model_with_empty_unchanged_maps():
+    rng = np.random.default_rng(3)
+    h = _unchanged(rng.uniform(0.03, 0.05, 50), rng)
+    for _ in range(50):  # changed pairs: change near 0.9, a wide halo around it
+        m = np.full((1, 16, 16), 0.02)
+        m[0, 4:12, 4:12] = 0.3
+        m[0, 6:10, 6:10] = 0.9
+        h.update(m, np.array([1]))
+    t = threshold.calibrate(h)
+    assert t == pytest.approx((np.median(h.unchanged_peaks) + 0.9) / 2)
+    assert 0.3 < t < 0.9  # the change, not its halo
