@@ -9,6 +9,10 @@ is (zero-shot, on the RGB bands of 4-band sets) and beside "everything changed".
 
 Targets: on every set trained F1 >= zero-shot F1 and >= 3x the all-changed F1; mean >= 0.60.
 
+With ``--train-args "--stages 2"`` the trained model is the second-stage segmenter, and each
+row also shows its first stage (``stage 1 F1``) and the boundary F1 (2 px) of both, so that
+the two stages compare on the same sets.
+
     python bench/robustness.py                        # all sets, seed 0
     python bench/robustness.py --sets many-64,nir16-128 --seeds 0,1,2
     python bench/robustness.py --train-args "--init scratch" --tag scratch
@@ -113,9 +117,11 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"configuration: {args.tag} (train {args.train_args or 'defaults'})")
     print("| set | tiles train/val (changed) | test px changed | all-changed F1 | zero-shot F1 "
-          "| trained F1 | threshold | best epoch | train s | stopped |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| stage 1 F1 | trained F1 | boundary F1 (stage 1 / trained) | threshold "
+          "| best epoch | train s | stopped |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     summary: dict[str, list[float]] = {}
+    gains: list[float] = []
     for s in chosen:
         tiles = generate(s, args.work)
         info = describe(tiles)
@@ -124,17 +130,27 @@ def main() -> None:
         for seed in seeds:
             model = args.work / f"{s.name}-{args.tag}-{seed}.safetensors"
             seconds, training = train(tiles, model, seed, args.train_args)
-            trained = evaluate(tiles, model, "test")["methods"]["msi"]
+            methods = evaluate(tiles, model, "test")["methods"]
+            trained, first = methods["msi"], methods.get("stage1_msi")
             summary.setdefault(s.name, []).append(trained["f1"])
+            if first is not None:
+                gains.append(trained["f1"] - first["f1"])
+            stage1 = f"{first['f1']:.3f}" if first else "-"
+            outline = (f"{first['boundary_f1']:.3f} / " if first else "") + \
+                f"{trained['boundary_f1']:.3f}"
             row = {"set": s.name, "seed": seed, "tag": args.tag, **info,
                    "zero_shot_f1": zero["f1"], "trained_f1": trained["f1"],
                    "trained_iou": trained["iou"], "threshold": trained["threshold"],
+                   "trained_boundary_f1": trained["boundary_f1"],
+                   "stage1_f1": first["f1"] if first else None,
+                   "stage1_boundary_f1": first["boundary_f1"] if first else None,
                    "best_epoch": training.get("best_epoch"), "seconds": round(seconds, 1),
                    "stopped": training.get("stopped"), "start": training.get("start")}
             print(f"| {s.name} (seed {seed}) | {info['train_tiles']}/{info['val_tiles']} "
                   f"({info['train_changed']}/{info['val_changed']}) | "
                   f"{info['test_changed_pixels']:.3f} | {info['all_changed_f1']:.3f} | "
-                  f"{zero['f1']:.3f} | **{trained['f1']:.3f}** | {trained['threshold']:.3f} | "
+                  f"{zero['f1']:.3f} | {stage1} | **{trained['f1']:.3f}** | {outline} | "
+                  f"{trained['threshold']:.3f} | "
                   f"{row['best_epoch']} | {seconds:.0f} | {row['stopped']} |", flush=True)
             if args.json:
                 with args.json.open("a") as f:
@@ -146,6 +162,9 @@ def main() -> None:
                   f"over {len(values)} seeds (min {min(values):.3f}, max {max(values):.3f})")
     if means:
         print(f"mean trained F1 over {len(means)} sets: {np.mean(means):.3f}")
+    if gains:
+        print(f"stage 2 - stage 1 F1: {np.mean(gains):+.3f} ± {np.std(gains):.3f} over "
+              f"{len(gains)} runs; >= +0.05 on {sum(g >= 0.05 for g in gains)}")
     sys.stdout.flush()
 
 

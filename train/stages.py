@@ -41,7 +41,7 @@ def work_dir(output: Path) -> Path:
 def stage2_config(config: TrainConfig, epochs: int | None = None) -> Stage2Config:
     """The segmenter's settings that follow the first stage's (encoder, batches, optimiser)."""
     return Stage2Config(backbone=config.backbone, strides=config.strides,
-                        epochs=epochs or Stage2Config.epochs, batch_size=config.batch_size,
+                        epochs=epochs, batch_size=config.batch_size,
                         optimizer=config.optimizer, lr=config.lr,
                         weight_decay=config.weight_decay, augment=config.augment,
                         seed=config.seed, device=config.device, pretrained=config.pretrained)

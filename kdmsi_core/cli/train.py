@@ -77,8 +77,10 @@ def _strides(value: str) -> tuple[int, int, int, int]:
                    "network trained on them, which outlines changes at full resolution; "
                    "intermediate results stay in <output stem>.stages/ and a run started "
                    "again resumes there.")
-@click.option("--stage2-epochs", default=20, show_default=True, type=click.IntRange(1),
-              help="With --stages 2: passes of the segmentation network over the tiles.")
+@click.option("--stage2-epochs", type=click.IntRange(1),
+              help="With --stages 2: passes of the segmentation network over the tiles "
+                   "[default: as many as see the first stage's default pixel budget, e.g. 6 "
+                   "over 424 tiles of 256 px].")
 @device_opt
 @click.option("--keep-teacher", is_flag=True, help="Store the teacher too (for evaluation).")
 @overwrite_opt

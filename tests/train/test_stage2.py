@@ -16,12 +16,25 @@ from kdmsi_core.errors import OutputError
 from kdmsi_core.model import NetworkConfig
 from kdmsi_core.segmenter import SiameseSegmenter
 from kdmsi_train.pseudo import IGNORE
-from kdmsi_train.stage2 import augment, masked_bce, start_at_prior
+from kdmsi_train.stage2 import Stage2Config, augment, masked_bce, start_at_prior
+from kdmsi_train.trainer import DEFAULT_PIXELS
 from tests.train.data.toy import write_toy_tiles
 from tests.train.test_areas import _gpkg, _tif, _world
 
 FAST = ["--epochs", "1", "--stage2-epochs", "1", "--batch-size", "8", "--device", "cpu",
         "--progress", "none"]
+
+
+def test_default_epochs_follow_the_first_stage_pixel_budget():
+    config = Stage2Config()
+    assert config.total_epochs(424, 256) == 6
+    assert config.total_epochs(448, 128) == 21
+    for tiles, size in ((424, 256), (448, 128), (3968, 64), (20000, 256)):
+        epochs = config.total_epochs(tiles, size)
+        assert epochs >= 1
+        if epochs > 1:  # within half a pass of the budget
+            assert abs(epochs * tiles * size ** 2 - DEFAULT_PIXELS) <= tiles * size ** 2 / 2
+    assert Stage2Config(epochs=3).total_epochs(424, 256) == 3
 
 
 def test_ignored_pixels_give_no_loss_and_no_gradient():
