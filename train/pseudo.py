@@ -10,8 +10,8 @@ Rule, per pair of the labelled split (no pixel mask is read):
   the label.
 
 Thresholds, from the split's probabilities and image labels only (1000-bin histograms as in
-:mod:`kdmsi_train.threshold`): ``t_high`` is the calibration rule of the checkpoints (the 0.9
-quantile of the unchanged pairs' peak probabilities, clipped to [0.05, 0.95]);
+:mod:`kdmsi_train.threshold`): ``t_high`` is the calibration rule of the checkpoints (from
+the pairs' peak probabilities: at most one unchanged pair in ten exceeds it);
 ``t_low = min(0.95 quantile of unchanged pairs, t_high)``: below it lie 95 % of the pixels
 known to be unchanged, so a pixel of a changed pair below it looks like no change at all.
 
