@@ -151,7 +151,7 @@ def main() -> None:
                   f"{info['test_changed_pixels']:.3f} | {info['all_changed_f1']:.3f} | "
                   f"{zero['f1']:.3f} | {stage1} | **{trained['f1']:.3f}** | {outline} | "
                   f"{trained['threshold']:.3f} | "
-                  f"{row['best_epoch']} | {seconds:.0f} | {row['stopped']} |", flush=True)
+                  f"{row['best_epoch']} | {seconds:.0f} | {row['stopped'] or '-'} |", flush=True)
             if args.json:
                 with args.json.open("a") as f:
                     f.write(json.dumps(row) + "\n")
