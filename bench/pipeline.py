@@ -9,10 +9,13 @@ reading, warping, blending, writing, polygonising and the COG copies cost on top
 network. ``detect``'s own phase timings show where the rest goes. With ``--repeat N`` the
 engines take turns N times and the fastest run of each counts (the machine may be shared).
 Last, the ONNX Runtime run's time over the torch run's, and the largest difference of their
-probability rasters.
+probability rasters. ``--models`` compares models (``default`` is the embedded one, or
+checkpoint paths: a second-stage segmenter against the first stage's MSI) in seconds per
+megapixel.
 
     python bench/pipeline.py [--size 2048] [--batch-size N] [--device cpu] [--repeat 1]
-                             [--engines torch,onnxruntime] [--keep DIR]
+                             [--engines torch,onnxruntime] [--models default,PATH]
+                             [--keep DIR]
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ from kdmsi_train.synth import make_scene_pair, write_scene_pair  # noqa: E402
 
 
 def pure_forward(t1: Path, t2: Path, device: object, batch_size: int, tile_size: int,
-                 overlap: int, engine: str = "torch") -> tuple[float, int]:
+                 overlap: int, engine: str = "torch", model: str | None = None
+                 ) -> tuple[float, int]:
     """Seconds of the network alone over detect's batches (read beforehand), and tiles."""
-    runner = load_engine(None, engine, str(device))
+    runner = load_engine(model, engine, str(device))
     with RasterPair(t1, t2, None, runner.card.network.in_channels) as pair:
         norms = pair.normalizations(runner.card.normalization)
         tiles = [t for row in plan_tiles(pair.window, tile_size, overlap) for t in row]
@@ -62,14 +66,17 @@ def main() -> None:
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     p.add_argument("--device", default="cpu")
     p.add_argument("--engines", default="torch,onnxruntime")
+    p.add_argument("--models", default="default",
+                   help="comma-separated checkpoints; 'default' is the embedded model")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--keep", type=Path, default=None, help="folder for data and outputs")
     args = p.parse_args()
     engines = args.engines.split(",")
+    models = [None if m == "default" else m for m in args.models.split(",")]
     tile = Tile(0, 0, args.tile_size, args.tile_size)
     batch_size = args.batch_size or default_batch_size(args.device, tile)
-    best: dict[str, tuple[DetectSummary, float, float]] = {}
-    probabilities: dict[str, np.ndarray] = {}
+    best: dict[tuple[str, str], tuple[DetectSummary, float, float]] = {}
+    probabilities: dict[tuple[str, str], np.ndarray] = {}
     with tempfile.TemporaryDirectory(prefix="kdmsi-bench-") as tmp:
         folder = args.keep or Path(tmp)
         started = time.perf_counter()
@@ -80,29 +87,38 @@ def main() -> None:
         common = (paths["t1"], paths["t2"], args.device, batch_size, args.tile_size,
                   args.overlap)
         for _ in range(args.repeat):
-            for engine in engines:
-                before, tiles = pure_forward(*common, engine)
-                s = detect(paths["t1"], paths["t2"], folder / f"{engine}.gpkg",
-                           device=args.device, engine=engine, batch_size=batch_size,
-                           tile_size=args.tile_size, overlap=args.overlap, overwrite=True)
-                after, _ = pure_forward(*common, engine)
-                if engine not in best or s.seconds < best[engine][0].seconds:
-                    best[engine] = (s, before, after)
-                with rasterio.open(s.probability) as src:
-                    probabilities[engine] = src.read(1, masked=True).filled(0)
-    print(f"{tiles} tiles, scales {list(s.scales)}, {s.polygons} polygons; fastest of "
-          f"{args.repeat} run(s) per engine")
-    print(f"{'engine':12s} {'detect s':>9s} {'forward s':>10s} {'ratio':>6s}  phases (s)")
-    for engine, (s, before, after) in best.items():
+            for i, model in enumerate(models):
+                for engine in engines:
+                    key = (Path(model).stem if model else "default", engine)
+                    before, tiles = pure_forward(*common, engine, model)
+                    s = detect(paths["t1"], paths["t2"], folder / f"{i}-{engine}.gpkg",
+                               model=model, device=args.device, engine=engine,
+                               batch_size=batch_size, tile_size=args.tile_size,
+                               overlap=args.overlap, overwrite=True)
+                    after, _ = pure_forward(*common, engine, model)
+                    if key not in best or s.seconds < best[key][0].seconds:
+                        best[key] = (s, before, after)
+                    with rasterio.open(s.probability) as src:
+                        probabilities[key] = src.read(1, masked=True).filled(0)
+    megapixels = args.size ** 2 / 1e6
+    print(f"{tiles} tiles ({megapixels:.1f} MP); fastest of {args.repeat} run(s) each")
+    print(f"{'model':20s} {'engine':12s} {'scales':>16s} {'detect s':>9s} {'s/MP':>6s} "
+          f"{'forward s':>10s} {'ratio':>6s} {'polygons':>8s}  phases (s)")
+    for (model, engine), (s, before, after) in best.items():
         forward = (before + after) / 2
         phases = ", ".join(f"{k} {v:.2f}" for k, v in s.timings.items())
-        print(f"{engine:12s} {s.seconds:9.2f} {forward:10.2f} {s.seconds / forward:6.3f}  "
+        scales = ",".join(f"{x:g}" for x in s.scales)
+        print(f"{model:20s} {engine:12s} {scales:>16s} {s.seconds:9.2f} "
+              f"{s.seconds / megapixels:6.2f} {forward:10.2f} {s.seconds / forward:6.3f} "
+              f"{s.polygons:8d}  "
               f"{phases}  (forward {before:.2f} before, {after:.2f} after)")
-    if {"torch", "onnxruntime"} <= best.keys():
-        ratio = best["onnxruntime"][0].seconds / best["torch"][0].seconds
-        diff = np.abs(probabilities["onnxruntime"] - probabilities["torch"]).max()
-        print(f"onnxruntime / torch, detect end to end: {ratio:.3f} (target <= 0.75); "
-              f"max |probability difference| {diff:.1e}")
+    for model in dict.fromkeys(m for m, _ in best):
+        if (model, "torch") in best and (model, "onnxruntime") in best:
+            ratio = best[model, "onnxruntime"][0].seconds / best[model, "torch"][0].seconds
+            diff = np.abs(probabilities[model, "onnxruntime"]
+                          - probabilities[model, "torch"]).max()
+            print(f"{model}: onnxruntime / torch, detect end to end: {ratio:.3f} (target <= "
+                  f"0.75); max |probability difference| {diff:.1e}")
 
 
 if __name__ == "__main__":

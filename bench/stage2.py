@@ -9,7 +9,7 @@ figure and of the stage-2 minus stage-1 difference. Intermediate results stay in
 ``--work``, so an interrupted run resumes.
 
     python bench/stage2.py [--sets 101:0.5,202:0.4,303:0.6,404:0.5,505:0.4,606:0.6]
-                           [--scenes 12] [--steps 80] [--stage2-epochs 20]
+                           [--scenes 12] [--steps N] [--stage2-epochs N]
                            [--work /tmp/kdmsi-bench-stage2]
 """
 
@@ -33,7 +33,7 @@ FIGURES = ("f1", "iou", "precision", "recall", "boundary_f1", "objects_hit",
 
 
 def run_set(work: Path, seed: int, pixel: float, scenes: int, tile: int, steps: int | None,
-            stage2_epochs: int) -> dict:
+            stage2_epochs: int | None) -> dict:
     root = work / f"set_{seed}_{pixel}"
     tiles = root / "data" / "tiles"
     started = time.perf_counter()
@@ -69,7 +69,8 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=None,
                         help="stage-1 optimiser steps [default: the trainer's]")
-    parser.add_argument("--stage2-epochs", type=int, default=20)
+    parser.add_argument("--stage2-epochs", type=int, default=None,
+                        help="segmenter passes [default: the trainer's]")
     parser.add_argument("--work", type=Path, default=Path("/tmp/kdmsi-bench-stage2"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
