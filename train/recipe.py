@@ -33,7 +33,7 @@ DATA = {"seed": 2026, "scenes": 90, "scene_size": 512, "tile_size": 64,
 # A fixed schedule, the best validation check kept: from scratch, the student's validation
 # AUC climbs slowly and unevenly, and stopping early (after 4 checks without a better one)
 # stopped a 20-epoch run at epoch 10 with a model that found nothing. Batches follow the
-# data's own mix of changed and unchanged tiles (24 % changed): with balanced batches the
+# data's own mix of changed and unchanged tiles (23 % changed): with balanced batches the
 # student's maps turned grey (threshold 0.34, held-back F1 0.13 after 70 epochs).
 CONFIG = TrainConfig(backbone="resnet18n", teacher="abs", student="cat", init="scratch",
                      epochs=40, batch_size=16, optimizer="adamw", lr=3e-3, balanced=False,
