@@ -16,6 +16,7 @@ the two stages compare on the same sets.
     python bench/robustness.py                        # all sets, seed 0
     python bench/robustness.py --sets many-64,nir16-128 --seeds 0,1,2
     python bench/robustness.py --train-args "--init scratch" --tag scratch
+    python bench/robustness.py --train-args=--no-balanced --tag unbalanced   # one flag: use =
 
 Data sets are cached in --work (generated once); models are trained anew each run.
 """

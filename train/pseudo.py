@@ -3,11 +3,19 @@
 Rule, per pair of the labelled split (no pixel mask is read):
 
 - a pair labelled unchanged is background (0) everywhere: its image label says so;
-- in a changed pair, change (1) where P > t_high (as ``detect`` cuts), background (0) where
-  P < t_low, and ignore (255) in between, where the map is not sure;
+- in a changed pair, change (1) where P > max(t_high, CORE x the pair's peak P), background
+  (0) where P < t_low, and ignore (255) in between, where the map is not sure;
 - a changed pair whose map nowhere exceeds t_high is ignored as a whole: its label says
   something changed, the map cannot say where, and calling it background would contradict
   the label.
+
+Why the core: the first stage's map has output stride 16, so upsampled it is a blob whose
+skirt is wider than the change (at 1 m, a changed house becomes a 16-m disc). Cut at t_high
+alone, the skirts become "change", and the segmenter learns blobs. Each blob's core, where
+P is at least half its pair's peak, is much more often truly change; the skirt is left to
+the segmenter (ignored), which draws the edge from the images. On the robustness
+benchmark's sets this raised the change pixels' precision from 0.21-0.47 to 0.30-0.51
+(masks read for that report only) and the segmenter's F1 on five of six sets (README).
 
 Thresholds, from the split's probabilities and image labels only (1000-bin histograms as in
 :mod:`kdmsi_train.threshold`): ``t_high`` is the calibration rule of the checkpoints (from
@@ -48,7 +56,9 @@ BACKGROUND, CHANGE, IGNORE = 0, 1, 255
 MASKS = "pseudo"
 SUMMARY = "pseudo.json"
 LOW_QUANTILE = 0.95
-RULE = ("unchanged pairs: all background; changed pairs: change where P > t_high, "
+CORE = 0.5
+RULE = ("unchanged pairs: all background; changed pairs: change where P > max(t_high, "
+        f"{CORE:g} x the pair's peak P), "
         "background where P < t_low, ignore (255) in between, all ignore if P never exceeds "
         f"t_high; t_high = {threshold.RULE}; t_low = min({LOW_QUANTILE} quantile of the "
         "unchanged pairs' pixels, t_high)")
@@ -70,7 +80,7 @@ def pseudo_mask(prob: np.ndarray, label: float, high: float, low: float) -> np.n
     mask = np.full(prob.shape, IGNORE, np.uint8)
     if prob.max() <= high:
         return mask
-    mask[prob > high] = CHANGE
+    mask[prob > max(high, CORE * float(prob.max()))] = CHANGE
     mask[prob < low] = BACKGROUND
     return mask
 

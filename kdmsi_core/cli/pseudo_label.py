@@ -27,9 +27,10 @@ def command(data_dir, model, output, split, scales, batch_size, device, overwrit
     """Write pseudo labels of DATA_DIR (A/, B/, list/) from a model's change probabilities.
 
     Pairs labelled unchanged are background (0); in changed pairs, change (1) where the
-    probability reaches t_high, background below t_low, ignore (255) in between. Both
-    thresholds come from image-level labels; pixel masks (label/) are never read. The masks
-    are palette PNGs in OUTPUT/pseudo/; OUTPUT/pseudo.json records thresholds and rule.
+    probability exceeds both t_high and half the pair's peak, background below t_low,
+    ignore (255) in between. Both thresholds come from image-level labels; pixel masks
+    (label/) are never read. The masks are palette PNGs in OUTPUT/pseudo/;
+    OUTPUT/pseudo.json records thresholds and rule.
     """
     from kdmsi_train.pseudo import write_pseudo_labels
 

@@ -1,6 +1,7 @@
-"""Pseudo labels: the rule (unchanged pairs all background, ignore band, unplaceable changed
-pairs ignored), thresholds from image labels recorded beside the masks, palette PNGs in the
-tile-folder layout, and no pixel mask read: the data folder here has no label/ at all."""
+"""Pseudo labels: the rule (unchanged pairs all background, ignore band, only the core of a
+blob is change, unplaceable changed pairs ignored), thresholds from image labels recorded
+beside the masks, palette PNGs in the tile-folder layout, and no pixel mask read: the data
+folder here has no label/ at all."""
 
 import json
 import warnings
@@ -69,6 +70,16 @@ def test_rule_on_one_map():
     assert pseudo_mask(prob, 1.0, 0.6, 0.1).tolist() == [[BACKGROUND, IGNORE],
                                                          [IGNORE, CHANGE]]
     assert (pseudo_mask(prob, 1.0, 0.95, 0.1) == IGNORE).all()  # nothing reaches t_high
+
+
+def test_only_the_core_of_a_blob_is_change():
+    """Above t_high but under half the pair's peak: the blob's skirt, left to the segmenter."""
+    prob = np.array([[0.05, 0.2], [0.4, 0.9]], np.float32)
+    assert pseudo_mask(prob, 1.0, 0.3, 0.1).tolist() == [[BACKGROUND, IGNORE],
+                                                         [IGNORE, CHANGE]]
+    weak = prob / 2  # a fainter blob: its core is measured against its own peak
+    assert pseudo_mask(weak, 1.0, 0.15, 0.01).tolist() == [[IGNORE, IGNORE],
+                                                           [IGNORE, CHANGE]]
 
 
 def test_thresholds_follow_the_calibration_rule():
