@@ -78,9 +78,10 @@ def pseudo_mask(prob: np.ndarray, label: float, high: float, low: float) -> np.n
     if label <= 0.5:
         return np.full(prob.shape, BACKGROUND, np.uint8)
     mask = np.full(prob.shape, IGNORE, np.uint8)
-    if prob.max() <= high:
+    peak = float(prob.max())
+    if peak <= high:
         return mask
-    mask[prob > max(high, CORE * float(prob.max()))] = CHANGE
+    mask[prob > max(high, CORE * peak)] = CHANGE
     mask[prob < low] = BACKGROUND
     return mask
 
