@@ -2,7 +2,7 @@
 
 Fine-tuning the embedded model learns far more in a CPU budget than training from scratch,
 and a data set with other bands can still use it: the first convolution is adapted (RGB
-weights kept, any extra band starts from their mean), everything else is copied.
+weights kept, any extra band starts at zero), everything else is copied.
 """
 
 from __future__ import annotations
@@ -32,8 +32,13 @@ class Start:
 
 
 def adapt_bands(state: dict[str, torch.Tensor], bands: int) -> dict[str, torch.Tensor]:
-    """A state dict whose first convolution takes ``bands`` inputs: the shared bands keep
-    their weights, extra bands start from the mean of the existing ones; all weights are
+    """A state dict whose first convolution takes ``bands`` inputs.
+
+    Extra bands start at zero weight, so the adapted network computes exactly what the
+    original computes on the shared bands: the start that label-free selection keeps when
+    fine-tuning does not beat it is the original model, never a perturbed copy (starting the
+    NIR band from the mean of the RGB weights had cost 0.011 F1 on a 4-band set where the
+    start won). Training gives the extra bands their weights. Fewer bands keep the first ones,
     rescaled so that the first layer's response keeps its magnitude."""
     weight = state[FIRST_CONV]
     have = weight.shape[1]
@@ -42,8 +47,8 @@ def adapt_bands(state: dict[str, torch.Tensor], bands: int) -> dict[str, torch.T
     if bands < have:
         new = weight[:, :bands] * (have / bands) if bands > 1 else weight.sum(1, keepdim=True)
     else:
-        extra = weight.mean(dim=1, keepdim=True).expand(-1, bands - have, -1, -1)
-        new = torch.cat([weight, extra], dim=1) * (have / bands)
+        new = torch.cat([weight, weight.new_zeros(weight.shape[0], bands - have,
+                                                  *weight.shape[2:])], dim=1)
     return {**state, FIRST_CONV: new.contiguous()}
 
 

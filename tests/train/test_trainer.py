@@ -66,17 +66,24 @@ def test_balanced_batches_hold_both_classes_and_cycle():
     assert len(plain()) == 8
 
 
-def test_adapt_bands_keeps_rgb_and_starts_extra_bands_from_their_mean():
-    net = SiameseCAM(NetworkConfig())
+def test_adapt_bands_keeps_rgb_and_starts_extra_bands_at_zero():
+    torch.manual_seed(0)
+    net = SiameseCAM(NetworkConfig()).eval()
     state = net.state_dict()
     four = adapt_bands(state, 4)["backbone.conv1.weight"]
     rgb = state["backbone.conv1.weight"]
     assert four.shape[1] == 4
-    assert torch.allclose(four[:, :3], rgb * 0.75)
-    assert torch.allclose(four[:, 3], rgb.mean(dim=1) * 0.75)
+    assert torch.equal(four[:, :3], rgb)
+    assert not four[:, 3].any()
     one = adapt_bands(state, 1)["backbone.conv1.weight"]
     assert torch.allclose(one[:, 0], rgb.sum(dim=1))
-    SiameseCAM(NetworkConfig(in_channels=4)).load_state_dict(adapt_bands(state, 4))
+    # The adapted network maps an RGB + NIR pair exactly as the original maps its RGB bands,
+    # whatever the NIR band holds: a start kept by selection is the original model.
+    adapted = SiameseCAM(NetworkConfig(in_channels=4)).eval()
+    adapted.load_state_dict(adapt_bands(state, 4))
+    a, b = torch.randn(2, 4, 64, 64), torch.randn(2, 4, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(adapted(a, b), net(a[:, :3], b[:, :3]), atol=1e-6)
 
 
 def test_default_start_fits_the_embedded_model_or_falls_back_to_scratch():
