@@ -14,6 +14,8 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -47,16 +49,39 @@ def stage2_config(config: TrainConfig, epochs: int | None = None) -> Stage2Confi
                         seed=config.seed, device=config.device, pretrained=config.pretrained)
 
 
-def _settings(work: Path, settings: dict) -> None:
-    """Record the settings of a new run, or check that a resumed one has the same."""
+STEPS = ("tiles", "stage1.safetensors", "pseudo")
+"""What a finished step leaves in the work folder (each written whole or not at all)."""
+
+
+@contextmanager
+def _work(output: Path, settings: dict, overwrite: bool) -> Iterator[Path]:
+    """The work folder of ``output``, ready for a new run or for resuming one; removed again
+    if the run fails before any step finished, so a refused input leaves nothing behind.
+
+    A run with the same settings whose output was never written (interrupted) resumes.
+    With ``overwrite``, a finished run (its output exists) or one with other settings is
+    discarded and training starts afresh, as an overwritten output would; without it, other
+    settings are refused so that nothing is lost unasked."""
+    work = work_dir(output)
     path = work / SETTINGS
     settings = json.loads(json.dumps(settings))
     if path.is_file():
-        if json.loads(path.read_text()) != settings:
+        same = json.loads(path.read_text()) == settings
+        if overwrite and (output.exists() or not same):
+            shutil.rmtree(work)
+        elif not same:
             raise OutputError(f"{work} holds the intermediate results of a run with other "
-                              "settings; delete that folder or choose another output name.")
-        return
-    path.write_text(json.dumps(settings, indent=2) + "\n")
+                              "settings; delete that folder, choose another output name or "
+                              "pass --overwrite to start afresh.")
+    work.mkdir(exist_ok=True)
+    if not path.is_file():
+        path.write_text(json.dumps(settings, indent=2) + "\n")
+    try:
+        yield work
+    except BaseException:
+        if not any((work / step).exists() for step in STEPS):
+            shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def _run(data_dir: Path, output: Path, config: TrainConfig, stage2: Stage2Config,
@@ -89,12 +114,11 @@ def fit_tile_folder(data_dir: str | Path, output: str | Path, config: TrainConfi
     has no effect here: the first stage's checkpoint always keeps its teacher."""
     output, data_dir = Path(output), Path(data_dir)
     fit.check_output(output, overwrite)
-    work = work_dir(output)
-    work.mkdir(exist_ok=True)
     stage2 = stage2_config(config, stage2_epochs)
-    _settings(work, {"data": str(data_dir.resolve()), "stage1": _config_dict(config)})
-    return _run(data_dir, output, config, stage2, work, progress or NullProgress(),
-                {"data": str(data_dir)})
+    with _work(output, {"data": str(data_dir.resolve()), "stage1": _config_dict(config)},
+               overwrite) as work:
+        return _run(data_dir, output, config, stage2, work, progress or NullProgress(),
+                    {"data": str(data_dir)})
 
 
 def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | Path,
@@ -106,19 +130,18 @@ def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | 
     output = Path(output)
     fit.check_output(output, overwrite)
     progress = progress or NullProgress()
-    work = work_dir(output)
-    work.mkdir(exist_ok=True)
     stage2 = stage2_config(config, stage2_epochs)
-    _settings(work, {"t1": str(Path(t1).resolve()), "t2": str(Path(t2).resolve()),
-                     "labels": str(Path(labels).resolve()), "tile_size": tile_size,
-                     "samples": samples, "stage1": _config_dict(config)})
-    tiles = work / "tiles"
-    if not (tiles / "list" / "train_label.txt").is_file():
-        progress.update("sample tiles", 0, 1)
-        write_area_tiles(t1, t2, labels, tiles, tile_size, samples, config.seed)
-        progress.update("sample tiles", 1, 1)
-    return _run(tiles, output, config, stage2, work, progress,
-                {"t1": str(t1), "t2": str(t2), "labels": str(labels)})
+    settings = {"t1": str(Path(t1).resolve()), "t2": str(Path(t2).resolve()),
+                "labels": str(Path(labels).resolve()), "tile_size": tile_size,
+                "samples": samples, "stage1": _config_dict(config)}
+    with _work(output, settings, overwrite) as work:
+        tiles = work / "tiles"
+        if not (tiles / "list" / "train_label.txt").is_file():
+            progress.update("sample tiles", 0, 1)
+            write_area_tiles(t1, t2, labels, tiles, tile_size, samples, config.seed)
+            progress.update("sample tiles", 1, 1)
+        return _run(tiles, output, config, stage2, work, progress,
+                    {"t1": str(t1), "t2": str(t2), "labels": str(labels)})
 
 
 def _config_dict(config: TrainConfig) -> dict:

@@ -32,10 +32,19 @@ import numpy as np
 BINS = 1000
 PAIR_FALSE_ALARM = 0.1
 T_MIN, T_MAX = 0.05, 0.95
-RULE = (f"max({1 - PAIR_FALSE_ALARM:g} quantile of the peak probabilities of the pairs "
-        "labelled unchanged, midpoint of the median peaks of unchanged and changed pairs) "
-        f"(Otsu on changed pairs without unchanged ones), clipped to [{T_MIN}, {T_MAX}]; "
-        "image-level labels only")
+
+
+def rule(floor: str = f"{T_MIN}", group: int = 1) -> str:
+    """The rule in words, for model cards, with its lower clip ``floor`` and the number of
+    unchanged pairs pooled per peak (see :func:`calibrate`)."""
+    pooled = f" (maximum over groups of {group} pairs)" if group > 1 else ""
+    return (f"max({1 - PAIR_FALSE_ALARM:g} quantile of the peak probabilities{pooled} of the "
+            "pairs labelled unchanged, midpoint of the median peaks of unchanged and changed "
+            f"pairs) (Otsu on changed pairs without unchanged ones), clipped to [{floor}, "
+            f"{T_MAX}]; image-level labels only")
+
+
+RULE = rule()
 
 
 @dataclass
@@ -84,14 +93,27 @@ def quantile(hist: np.ndarray, q: float) -> float:
     return float((np.searchsorted(np.cumsum(hist), q * total) + 1) / len(hist))
 
 
-def calibrate(h: Histograms) -> float:
-    """The threshold the rule in the module docstring gives."""
+def pooled_peaks(peaks: list[float], group: int) -> np.ndarray:
+    """The maxima of consecutive groups of ``group`` peaks (a last, partial group is dropped
+    unless it is the only one)."""
+    p = np.asarray(peaks, dtype=np.float64)
+    n = len(p) // group
+    return p[:n * group].reshape(n, group).max(axis=1) if n else p.max(keepdims=True)
+
+
+def calibrate(h: Histograms, floor: float = T_MIN, group: int = 1) -> float:
+    """The threshold the rule in the module docstring gives, clipped to [floor, T_MAX].
+
+    ``group`` > 1 pools the unchanged pairs' peaks by groups before the quantile, so that
+    the first term counts areas of a fixed size rather than tiles: one unchanged tile in ten
+    may show change, but a 64-px tile holds a sixteenth of a 256-px one, so per pixel the
+    plain rule allows small tiles sixteen times the false alarms."""
     if h.unchanged_peaks:
-        t = float(np.quantile(h.unchanged_peaks, 1 - PAIR_FALSE_ALARM))
+        t = float(np.quantile(pooled_peaks(h.unchanged_peaks, group), 1 - PAIR_FALSE_ALARM))
         if h.changed_peaks:
             t = max(t, float(np.median(h.unchanged_peaks) + np.median(h.changed_peaks)) / 2)
     elif h.changed.sum():
         t = otsu(h.changed)
     else:
-        t = T_MIN
-    return float(np.clip(t, T_MIN, T_MAX))
+        t = floor
+    return float(np.clip(t, floor, T_MAX))

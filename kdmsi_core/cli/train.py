@@ -72,15 +72,16 @@ def _strides(value: str) -> tuple[int, int, int, int]:
               help="Random flips, rot90 and date swap (same for both dates) and a per-date "
                    "gain and offset per band.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--stages", default=1, show_default=True, type=click.IntRange(1, 2),
-              help="1: the KD-MSI student. 2: then pseudo labels from it and a segmentation "
+@click.option("--stages", default=2, show_default=True, type=click.IntRange(1, 2),
+              help="2: the KD-MSI student, then pseudo labels from it and a segmentation "
                    "network trained on them, which outlines changes at full resolution; "
-                   "intermediate results stay in <output stem>.stages/ and a run started "
-                   "again resumes there.")
+                   "intermediate results stay in <output stem>.stages/ and the same command "
+                   "run again resumes there (--overwrite starts afresh). 1: the student "
+                   "alone, in about half the time, with coarser maps.")
 @click.option("--stage2-epochs", type=click.IntRange(1),
               help="With --stages 2: passes of the segmentation network over the tiles "
-                   "[default: as many as see the first stage's default pixel budget, e.g. 6 "
-                   "over 424 tiles of 256 px].")
+                   "[default: as many as see the first stage's default pixel budget, at most "
+                   "5; longer, it learns the pseudo labels' blobs].")
 @device_opt
 @click.option("--keep-teacher", is_flag=True, help="Store the teacher too (for evaluation).")
 @overwrite_opt
@@ -90,12 +91,14 @@ def command(data_dir, output, t1, t2, labels, tile_size, samples, backbone, teac
             early_stop, batch_size, optimizer, lr, weight_decay, augment,
             seed, stages, stage2_epochs, device, keep_teacher, overwrite,
             progress_kind) -> None:
-    """Train teacher and student jointly on DATA_DIR (A/, B/, list/) or on --t1/--t2/--labels.
+    """Train a change model on DATA_DIR (A/, B/, list/) or on --t1/--t2/--labels.
 
-    Only image-level labels are used: the student is checked on the validation split 12
-    times over the run (the starting model too), the check whose peak probability best
-    separates changed from unchanged validation pairs (AUC) is kept, and the change threshold
-    is calibrated from image labels alone.
+    Only image-level labels are used. Stage 1 trains teacher and student jointly; the student
+    is checked on the validation split 12 times over the run (the starting model too) and the
+    check whose peak probability best separates changed from unchanged validation pairs (AUC)
+    is kept. Stage 2 (the default) labels the training pairs from the student's maps and
+    trains a segmentation network on those pseudo labels. Each stage's change threshold is
+    calibrated from image labels alone.
     """
     from kdmsi_core.engine import require_torch
 

@@ -48,12 +48,19 @@ def test_trains_from_the_selected_drawn_areas(plugin, pair, qgis_new_project,
     assert result["OUTPUT"] == str(model) and model.is_file()
     command = feedback.commands[-1]
     for option in ("train", "--t1", "--t2", "--labels", "--epochs 1", "--tile-size 64",
-                   "--samples 48", "--progress json"):
+                   "--samples 48", "--progress json", "--stages 2"):
         assert option in command
     assert feedback.progress == sorted(feedback.progress) and feedback.progress[-1] == 100
     assert feedback.texts[0][0] < 1.0
     texts = [text for _, text in feedback.texts]
-    assert sum(text.startswith("Training") for text in texts) == 1
+    # both stages, in order, each once; their intermediate results do not stay behind
+    order = ["Training", "Labelling the training tiles from the first stage's maps",
+             "Training the segmentation network"]
+    by_length = sorted(order, key=len, reverse=True)
+    started = [next((label for label in by_length if text.startswith(label)), None)
+               for text in texts]
+    assert [label for label in started if label] == order
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drawn.safetensors"]
     assert 0.0 < result["THRESHOLD"] < 1.0
     summary = [line for line in feedback.log if line.startswith("Best check")]
     assert len(summary) == 1
@@ -64,7 +71,7 @@ def test_trains_from_the_selected_drawn_areas(plugin, pair, qgis_new_project,
     info = processing.run("kdmsi:modelinfo", {"MODEL": str(model)}, feedback=info_feedback)
     assert info["BANDS"] == 3 and info["TILE_SIZE"] == 64
     assert info["THRESHOLD"] == pytest.approx(result["THRESHOLD"])
-    assert info["KIND"] and info["TRAINING"]
+    assert info["KIND"] == "segmenter" and info["TRAINING"]
     assert any(line.startswith("Bands: 3") for line in info_feedback.log)
 
 

@@ -86,7 +86,7 @@ def test_labels_in_a_crs_that_cannot_be_transformed(scene):
         str(scene / "mars.gpkg"), "-o", str(out), "--progress", "none"])
     assert result.exit_code != 0
     assert "cannot be transformed" in result.output and "Traceback" not in result.output
-    assert not out.exists()
+    assert not out.exists() and not (scene / "m.stages").exists()
 
 
 def test_downscaled_float_windows_keep_their_fractions():

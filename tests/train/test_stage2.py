@@ -16,8 +16,16 @@ from kdmsi_core.errors import OutputError
 from kdmsi_core.model import NetworkConfig
 from kdmsi_core.segmenter import SiameseSegmenter
 from kdmsi_train.pseudo import IGNORE
-from kdmsi_train.stage2 import Stage2Config, augment, masked_bce, start_at_prior
-from kdmsi_train.trainer import DEFAULT_PIXELS
+from kdmsi_train.stage2 import (
+    MAX_EPOCHS,
+    Stage2Config,
+    augment,
+    beats_last,
+    masked_bce,
+    prior_share,
+    start_at_prior,
+)
+from kdmsi_train.trainer import DEFAULT_PIXELS, auc_standard_error
 from tests.train.data.toy import write_toy_tiles
 from tests.train.test_areas import _gpkg, _tif, _world
 
@@ -25,14 +33,16 @@ FAST = ["--epochs", "1", "--stage2-epochs", "1", "--batch-size", "8", "--device"
         "--progress", "none"]
 
 
-def test_default_epochs_follow_the_first_stage_pixel_budget():
+def test_default_epochs_follow_the_first_stage_pixel_budget_up_to_the_cap():
     config = Stage2Config()
-    assert config.total_epochs(424, 256) == 6
-    assert config.total_epochs(448, 128) == 21
-    for tiles, size in ((424, 256), (448, 128), (3968, 64), (20000, 256)):
+    assert config.total_epochs(424, 256) == MAX_EPOCHS == 5
+    assert config.total_epochs(448, 128) == MAX_EPOCHS
+    assert config.total_epochs(20000, 256) == 1
+    assert config.total_epochs(4000, 128) == 2
+    for tiles, size in ((424, 256), (448, 128), (3968, 64), (4000, 128), (20000, 256)):
         epochs = config.total_epochs(tiles, size)
-        assert epochs >= 1
-        if epochs > 1:  # within half a pass of the budget
+        assert 1 <= epochs <= MAX_EPOCHS
+        if 1 < epochs < MAX_EPOCHS:  # within half a pass of the budget
             assert abs(epochs * tiles * size ** 2 - DEFAULT_PIXELS) <= tiles * size ** 2 / 2
     assert Stage2Config(epochs=3).total_epochs(424, 256) == 3
 
@@ -68,6 +78,17 @@ def test_segmenter_starts_at_the_share_of_change():
     assert p.mean().item() == pytest.approx(0.02, abs=0.015)
 
 
+def test_an_earlier_epoch_replaces_the_last_only_by_more_than_its_standard_error():
+    few = np.array([1] * 17 + [0] * 15)  # small-256-nir's validation pairs
+    many = np.array([1] * 279 + [0] * 617)  # many-64's
+    se_few = auc_standard_error(0.80, 17, 15)
+    assert 0.05 < se_few < 0.1
+    assert not beats_last(0.80 + se_few * 0.9, 0.80, few)  # chance on 32 pairs
+    assert beats_last(0.80 + se_few * 1.1, 0.80, few)
+    assert beats_last(0.86, 0.80, many)  # the same gain is real on 896 pairs
+    assert not beats_last(0.79, 0.80, many)
+
+
 @pytest.fixture(scope="module")
 def no_masks(tmp_path_factory):
     root = write_toy_tiles(tmp_path_factory.mktemp("stage2") / "data", tiles=64, size=64,
@@ -86,6 +107,9 @@ def test_train_stages_2_end_to_end_and_resume(no_masks, tmp_path):
     assert card.kind == "segmenter" and card.tile_size == 64
     assert card.training["pseudo_labels"]["t_high"] >= card.training["pseudo_labels"]["t_low"]
     assert 0 < card.threshold < 1 and card.scales == (0.75, 1.0, 1.25)
+    # clipped below at the pseudo labels' share of change, not at the first stage's floor
+    assert card.threshold >= prior_share(card.training["pseudo_labels"]["fractions"])
+    assert "share of change among the labelled pseudo-label pixels" in card.threshold_rule
     assert isinstance(load_checkpoint(out).model, SiameseSegmenter)
     work = tmp_path / "m.stages"
     stage1, pseudo = work / "stage1.safetensors", work / "pseudo" / "pseudo.json"
@@ -101,9 +125,16 @@ def test_train_stages_2_end_to_end_and_resume(no_masks, tmp_path):
     assert (stage1.stat().st_mtime_ns, pseudo.stat().st_mtime_ns) == before  # reused
     assert out.is_file()
 
-    other = CliRunner().invoke(cli, [*args[:-len(FAST)], *FAST, "--seed", "1", "--overwrite"])
+    out.unlink()
+    other = CliRunner().invoke(cli, [*args, "--seed", "1"])
     assert other.exit_code == OutputError.exit_code
-    assert "other settings" in other.output
+    assert "other settings" in other.output and not out.exists()
+    assert (stage1.stat().st_mtime_ns, pseudo.stat().st_mtime_ns) == before  # nothing lost
+    # --overwrite starts afresh, after another run's leftovers as after a finished run
+    afresh = CliRunner().invoke(cli, [*args, "--seed", "1", "--overwrite"])
+    assert afresh.exit_code == 0, afresh.output
+    assert read_card(out).training["config"]["seed"] == 1
+    assert read_card(stage1).training["config"]["seed"] == 1
 
     shutil.copytree(no_masks.parent / "masks", no_masks / "label")
     try:

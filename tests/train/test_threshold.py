@@ -64,6 +64,22 @@ def test_threshold_is_clipped():
     assert threshold.calibrate(h) == threshold.T_MAX
 
 
+def test_a_lower_floor_keeps_a_faint_models_threshold():
+    """A segmenter's maps can be faint everywhere: the rule's value below T_MIN is kept
+    when the caller lowers the floor, and the floor still holds below it."""
+    rng = np.random.default_rng(4)
+    h = _unchanged(rng.uniform(0.005, 0.01, 50), rng)
+    for _ in range(50):
+        m = np.full((1, 8, 8), 0.002)
+        m[0, 2:4, 2:4] = 0.04
+        h.update(m, np.array([1]))
+    rule = (np.median(h.unchanged_peaks) + 0.04) / 2
+    assert threshold.calibrate(h) == threshold.T_MIN
+    assert threshold.calibrate(h, floor=0.005) == pytest.approx(rule)
+    assert threshold.calibrate(h, floor=0.03) == 0.03
+    assert "[0.005," in threshold.rule("0.005") and f"[{threshold.T_MIN}," in threshold.RULE
+
+
 def test_threshold_stays_off_the_halo_of_a_model_with_empty_unchanged_maps():
     rng = np.random.default_rng(3)
     h = _unchanged(rng.uniform(0.03, 0.05, 50), rng)
@@ -75,3 +91,19 @@ def test_threshold_stays_off_the_halo_of_a_model_with_empty_unchanged_maps():
     t = threshold.calibrate(h)
     assert t == pytest.approx((np.median(h.unchanged_peaks) + 0.9) / 2)
     assert 0.3 < t < 0.9  # the change, not its halo
+
+
+def test_pooling_unchanged_peaks_counts_areas_not_tiles():
+    """Sixteen 64-px tiles hold what one 256-px tile holds: pooled by 16, their peaks give
+    the threshold that the same pixels cut as 256-px tiles would."""
+    rng = np.random.default_rng(5)
+    big = np.clip(rng.exponential(0.03, (40, 256, 256)), 0, 1)
+    small = big.reshape(40, 4, 64, 4, 64).transpose(0, 1, 3, 2, 4).reshape(640, 64, 64)
+    hb, hs = threshold.Histograms(), threshold.Histograms()
+    hb.update(big, np.zeros(40))
+    hs.update(small, np.zeros(640))
+    assert threshold.calibrate(hs, group=16) == pytest.approx(threshold.calibrate(hb))
+    assert threshold.calibrate(hs) < threshold.calibrate(hs, group=16) - 0.05
+    assert threshold.pooled_peaks([0.1, 0.3, 0.2, 0.5, 0.9], 2).tolist() == [0.3, 0.5]
+    assert threshold.pooled_peaks([0.1, 0.3], 4).tolist() == [0.3]  # one partial group
+    assert "groups of 16 pairs" in threshold.rule(group=16)

@@ -144,11 +144,15 @@ def test_cli_train_defaults_and_help(toy, tmp_path):
     help_text = runner.invoke(cli, ["train", "--help"]).output
     assert "lowest validation loss" not in help_text
     assert "--time-budget" in help_text and "--init" in help_text
+    words = " ".join(help_text.split())
+    assert "--stages INTEGER RANGE 2: the KD-MSI student, then" in words
+    assert "[default: 2; 1<=x<=2]" in words
     out = tmp_path / "m.safetensors"
     result = runner.invoke(cli, ["train", str(toy), "-o", str(out), "--steps", "4",
                                  "--batch-size", "8", "--progress", "none"])
     assert result.exit_code == 0, result.output
-    training = read_card(out).training
+    assert read_card(out).kind == "segmenter"  # two stages by default
+    training = read_card(tmp_path / "m.stages" / "stage1.safetensors").training
     assert training["start"].startswith("default")
     assert training["config"]["steps"] == 4
 
