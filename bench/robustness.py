@@ -9,13 +9,14 @@ is (zero-shot, on the RGB bands of 4-band sets) and beside "everything changed".
 
 Targets: on every set trained F1 >= zero-shot F1 and >= 3x the all-changed F1; mean >= 0.60.
 
-With ``--train-args "--stages 2"`` the trained model is the second-stage segmenter, and each
-row also shows its first stage (``stage 1 F1``) and the boundary F1 (2 px) of both, so that
-the two stages compare on the same sets.
+With the default two stages the trained model is the second-stage segmenter, and each row
+also shows its first stage (``stage 1 F1``, from ``<model stem>.stages/``) and the boundary
+F1 (2 px) of both, so that the two stages compare on the same sets; ``--train-args
+"--stages 1"`` trains the first stage alone.
 
     python bench/robustness.py                        # all sets, seed 0
     python bench/robustness.py --sets many-64,nir16-128 --seeds 0,1,2
-    python bench/robustness.py --train-args "--init scratch" --tag scratch
+    python bench/robustness.py --train-args "--stages 1" --tag stage1
     python bench/robustness.py --train-args=--no-balanced --tag unbalanced   # one flag: use =
 
 Data sets are cached in --work (generated once); models are trained anew each run.

@@ -81,19 +81,19 @@ class TrainModelAlgorithm(KdmsiAlgorithm):
                   "nothing did, at least one tile wide. Draw both kinds.",
         "CHANGED_FIELD": "The field that says whether something changed inside each area: "
                          "1 (or true) changed, 0 (or false) not. Default: changed.",
-        "EPOCHS": "Passes over the training tiles. Default (empty): kdmsi-geo's default run "
-                  "(600 optimiser steps). Training stops early when validation stops "
-                  "improving, and the best model seen is kept.",
-        "TIME_BUDGET": "Stop after this many minutes and keep the best model so far. "
-                       "Default (empty): no limit.",
+        "EPOCHS": "Passes of the first stage over the training tiles. Default (empty): "
+                  "kdmsi-geo's default run (600 optimiser steps). Training stops early when "
+                  "validation stops improving, and the best model seen is kept.",
+        "TIME_BUDGET": "Stop the first stage after this many minutes and keep its best model "
+                       "so far. Default (empty): no limit.",
         "BANDS": "The bands of T1 and T2 to train on, in this order; detection with the "
                  "new model needs the same bands. Default (none chosen): all bands.",
         "TILE_SIZE": "Side, in pixels, of the tiles sampled inside the label areas. "
                      f"Default: {DEFAULT_TILE_SIZE}.",
         "SAMPLES": f"Number of training tiles sampled. Default: {DEFAULT_SAMPLES}.",
-        "STAGES": "2 (default): the KD-MSI network, then a segmentation network trained on "
-                  "its maps, which outlines changes at full resolution. 1: the KD-MSI network "
-                  "alone, in about half the time, with coarser, rounder changes.",
+        "STAGES": "2: the KD-MSI network, then a segmentation network trained on its maps, "
+                  "which outlines changes at full resolution. 1: the KD-MSI network alone, in "
+                  "about half the time, with coarser, rounder changes. Default: 2.",
         "DEVICE": DEVICE_HELP,
         "OUTPUT": "The model file to write (.safetensors); use it as Model in Detect changes. "
                   "Written only when training completes: a cancelled run leaves none.",
