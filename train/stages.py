@@ -49,7 +49,8 @@ def stage2_config(config: TrainConfig, epochs: int | None = None) -> Stage2Confi
                         seed=config.seed, device=config.device, pretrained=config.pretrained)
 
 
-STEPS = ("tiles", "stage1.safetensors", "pseudo")
+TILES, STAGE1, PSEUDO = "tiles", "stage1.safetensors", "pseudo"
+STEPS = (TILES, STAGE1, PSEUDO)
 """What a finished step leaves in the work folder (each written whole or not at all)."""
 
 
@@ -86,13 +87,13 @@ def _work(output: Path, settings: dict, overwrite: bool) -> Iterator[Path]:
 
 def _run(data_dir: Path, output: Path, config: TrainConfig, stage2: Stage2Config,
          work: Path, progress: Progress, summary: dict) -> SegmenterFit:
-    stage1 = work / "stage1.safetensors"
+    stage1 = work / STAGE1
     if stage1.is_file():
         progress.update("stage 1", 1, 1, f"reusing {stage1}")
     else:
         fit.fit_tile_folder(data_dir, stage1, config, overwrite=True, keep_teacher=True,
                             progress=progress)
-    pseudo = work / "pseudo"
+    pseudo = work / PSEUDO
     if (pseudo / SUMMARY).is_file():
         progress.update("pseudo labels", 1, 1, f"reusing {pseudo}")
     else:
@@ -135,7 +136,7 @@ def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | 
                 "labels": str(Path(labels).resolve()), "tile_size": tile_size,
                 "samples": samples, "stage1": _config_dict(config)}
     with _work(output, settings, overwrite) as work:
-        tiles = work / "tiles"
+        tiles = work / TILES
         if not (tiles / "list" / "train_label.txt").is_file():
             progress.update("sample tiles", 0, 1)
             write_area_tiles(t1, t2, labels, tiles, tile_size, samples, config.seed)
