@@ -286,7 +286,7 @@ def area_group(height: int, width: int) -> int:
 
 def calibrate(network: torch.nn.Module, store: PairStore, norm: Normalization,
               device: torch.device, scales: Sequence[float], batch_size: int,
-              floor: float) -> float:
+              floor: float, group: int) -> float:
     """The first stage's image-label threshold rule on the segmenter's multiscale maps, with
     two changes measured on the robustness sets (test masks read for that report only):
 
@@ -294,13 +294,13 @@ def calibrate(network: torch.nn.Module, store: PairStore, norm: Normalization,
       T_MIN: a segmenter trained on rare change can be faint everywhere, the rule then lands
       below T_MIN, and T_MIN cut its map down to the cores (small-256-nir: change F1 0.315
       at T_MIN, 0.390 at the rule's 0.031);
-    - the unchanged pairs' peaks pooled over :data:`AREA_SIDE`-pixel squares of tiles, so
-      that "one unchanged pair in ten" means the same area whatever the tile size (many-64:
-      0.422 and 0.377 with two seeds, 0.470 and 0.423 pooled)."""
+    - the unchanged pairs' peaks pooled by ``group`` (:func:`area_group`), so that "one
+      unchanged pair in ten" means the same area whatever the tile size (many-64: 0.422 and
+      0.377 with two seeds, 0.470 and 0.423 pooled)."""
     hist = threshold.Histograms()
     for idx, maps in iter_maps(network, store, norm, device, "msi", scales, batch_size):
         hist.update(maps, store.labels[idx])
-    return threshold.calibrate(hist, floor, area_group(*store.shape[1:]))
+    return threshold.calibrate(hist, floor, group)
 
 
 def fit_segmenter(pseudo_dir: str | Path, val_store: PairStore | None, output: str | Path,
@@ -314,8 +314,9 @@ def fit_segmenter(pseudo_dir: str | Path, val_store: PairStore | None, output: s
     calib = val_store if val_store is not None else store.pairs
     progress.update("stage 2: calibrate threshold", 0, 1)
     floor = prior_share(store.summary["fractions"])
+    group = area_group(*calib.shape[1:])
     t = calibrate(fitted.network, calib, fitted.normalization, resolve_device(config.device),
-                  config.scales, config.batch_size, floor)
+                  config.scales, config.batch_size, floor, group)
     progress.update("stage 2: calibrate threshold", 1, 1, f"threshold {t:.3f}")
     labels = store.pairs.labels
     network = fitted.network
@@ -324,7 +325,7 @@ def fit_segmenter(pseudo_dir: str | Path, val_store: PairStore | None, output: s
         tile_size=int(store.pairs.shape[1]), threshold=t, scales=tuple(config.scales),
         band_names=tuple(f"band{i + 1}" for i in range(network.config.in_channels)),
         threshold_rule=threshold.rule(f"{floor:.4f} (the share of change among the labelled "
-                                      "pseudo-label pixels)", area_group(*store.pairs.shape[1:]))
+                                      "pseudo-label pixels)", group)
         + f" (calibrated on the {calib.split} split)",
         kind=SEGMENTER,
         training={
