@@ -18,6 +18,7 @@ from kdmsi_core.segmenter import SiameseSegmenter
 from kdmsi_train.pseudo import IGNORE
 from kdmsi_train.stage2 import (
     MAX_EPOCHS,
+    UNSURE_WEIGHT,
     Stage2Config,
     augment,
     beats_last,
@@ -47,14 +48,23 @@ def test_default_epochs_follow_the_first_stage_pixel_budget_up_to_the_cap():
     assert Stage2Config(epochs=3).total_epochs(424, 256) == 3
 
 
-def test_ignored_pixels_give_no_loss_and_no_gradient():
-    logits = torch.zeros(1, 1, 2, 2, requires_grad=True)
+def test_unsure_pixels_pull_lightly_towards_background():
+    logits = torch.tensor([[[[0.0, 0.0], [2.0, 2.0]]]], requires_grad=True)
     masks = torch.tensor([[[1, 0], [IGNORE, IGNORE]]], dtype=torch.uint8)
-    loss = masked_bce(logits, masks)
+    loss = masked_bce(logits, masks, 0.2)
     loss.backward()
-    assert loss.item() == pytest.approx(np.log(2))  # mean over the two labelled pixels only
+    unsure = np.log1p(np.exp(2.0))  # BCE of logit 2 against background
+    assert loss.item() == pytest.approx((2 * np.log(2) + 2 * 0.2 * unsure) / 2.4)
+    assert (logits.grad[0, 0, 1] > 0).all()  # pushed down, towards background
+    # weight 0: the unsure pixels give no loss and no gradient
+    logits.grad = None
+    loss = masked_bce(logits, masks, 0.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(np.log(2))
     assert logits.grad[0, 0, 1].abs().sum() == 0 and logits.grad[0, 0, 0].abs().min() > 0
-    assert masked_bce(logits, torch.full_like(masks, IGNORE)).item() == 0
+    assert masked_bce(logits, torch.full_like(masks, IGNORE), 0.0).item() == 0
+    assert masked_bce(logits, masks).item() == pytest.approx(
+        masked_bce(logits, masks, UNSURE_WEIGHT).item())
 
 
 def test_augmentation_keeps_masks_on_their_pixels():
@@ -110,6 +120,7 @@ def test_train_stages_2_end_to_end_and_resume(no_masks, tmp_path):
     # clipped below at the pseudo labels' share of change, not at the first stage's floor
     assert card.threshold >= prior_share(card.training["pseudo_labels"]["fractions"])
     assert "share of change among the labelled pseudo-label pixels" in card.threshold_rule
+    assert card.training["config"]["unsure_weight"] == UNSURE_WEIGHT  # the loss is recorded
     assert isinstance(load_checkpoint(out).model, SiameseSegmenter)
     work = tmp_path / "m.stages"
     stage1, pseudo = work / "stage1.safetensors", work / "pseudo" / "pseudo.json"
