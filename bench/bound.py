@@ -103,19 +103,19 @@ def main() -> None:
     for name in args.sets.split(","):
         tiles = args.work / name / "tiles"
         for seed in (int(s) for s in args.seeds.split(",")):
-            run = args.work / f"{name}-{args.tag}-{seed}"
-            work = args.work / f"{run.name}.stages"
+            stem = f"{name}-{args.tag}-{seed}"
+            work = args.work / f"{stem}.stages"
             if not (work / "stage1.safetensors").is_file():
                 raise SystemExit(f"{work} holds no first-stage model; run bench/robustness.py "
                                  f"--sets {name} --seeds {seed} --tag {args.tag} first.")
             truth = truth_labels(tiles, work / "pseudo", work / "truth")
-            bound = args.work / f"{run.name}-truth.safetensors"
+            bound = args.work / f"{stem}-truth.safetensors"
             if not bound.is_file():
                 config = replace(stages.stage2_config(TrainConfig(seed=seed)),
                                  init=str(work / "stage1.safetensors"))
                 fit_segmenter(truth, PairStore(TileFolder.open(tiles, "val")), bound, config)
             print(json.dumps({"set": name, "seed": seed,
-                              "pseudo_labels": score(tiles, args.work / f"{run.name}.safetensors"),
+                              "pseudo_labels": score(tiles, args.work / f"{stem}.safetensors"),
                               "true_masks": score(tiles, bound)}), flush=True)
 
 

@@ -3,8 +3,8 @@
 Loss: binary cross-entropy per pixel against background (0) or change (1); pixels whose
 pseudo label is 255 ("not sure") count as background with weight :data:`UNSURE_WEIGHT`.
 Augmentation: the first stage's flips, rot90 and date swap, applied to the mask too, and its
-per-date photometric jitter. Model selection and threshold
-calibration use image-level labels only. Each epoch's map is scored by how well its peak
+per-date photometric jitter. Model selection and threshold calibration use image-level
+labels only. Each epoch's map is scored by how well its peak
 separates changed from unchanged validation pairs (AUC; the peak taken over 4x4-pixel cell
 means so that one stray pixel does not make a pair changed). The last epoch, which ends the
 learning-rate decay, is kept unless an earlier one beats it by more than the last's standard
