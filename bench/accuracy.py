@@ -4,7 +4,9 @@ Runs the default-model recipe into a temporary file (the embedded model is left 
 prints change-class F1 / IoU of the teacher CAM (max-normalised), the student's sigmoid at a
 single scale and the student with MSI, on the held-back test scenes of the training data set
 and on freshly generated scenes, for the run the recipe keeps; then one line per training
-seed (validation AUC, which chooses, and MSI F1), so the spread between runs shows.
+seed (validation AUC, which chooses, and MSI F1), so the spread between runs shows; then the
+second stage (the segmenter trained on the kept student's pseudo labels) beside its first
+stage, with boundary F1 and object counts.
 
     python bench/accuracy.py [--epochs N] [--scenes N] [--seeds 0,1]
 """
@@ -36,6 +38,15 @@ def main() -> None:
         for method, m in figures[split].items():
             print(f"{split:<16}{method:<13}{m['f1']:>8.4f}{m['iou']:>8.4f}"
                   f"{m['precision']:>8.4f}{m['recall']:>8.4f}")
+    stage2 = figures["stage2"]
+    print(f"\n{'split':<16}{'model':<13}{'F1':>8}{'bndF1':>8}{'hit':>6}{'missed':>8}"
+          f"{'false':>7}")
+    for split in ("held_back_test", "fresh_scenes"):
+        for method, name in (("stage1_msi", "stage 1"), ("msi", "stage 2")):
+            m = stage2[split][method]
+            print(f"{split:<16}{name:<13}{m['f1']:>8.4f}{m['boundary_f1']:>8.4f}"
+                  f"{m['objects_hit']:>6}{m['objects_missed']:>8}{m['objects_false']:>7}")
+    print(f"stage 2: {stage2['seconds']} s, threshold {stage2['threshold']:.3f}")
     print(f"kept seed {figures['kept_seed']}: steps {figures['steps']} "
           f"({figures['stopped']}), training {figures['train_seconds']} s, "
           f"threshold {figures['threshold']:.3f}")

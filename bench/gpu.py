@@ -96,8 +96,9 @@ class Utilisation:
 
 
 def msi_figures(args: argparse.Namespace, device: torch.device) -> None:
-    plain = load_engine(None, "torch", str(device))  # BatchNorm folded, contiguous on CUDA
-    official = load_checkpoint(None, device)  # as trained: BatchNorm, contiguous
+    # MSI is the first stage's inference: the student the embedded segmenter carries.
+    plain = load_engine(None, "torch", str(device), first_stage=True)  # BatchNorm folded
+    official = load_checkpoint(None, device, first_stage=True)  # as trained: BatchNorm
     scales, norm = plain.card.scales, plain.card.normalization
     side = min(2048, args.tile * max(1, int(np.sqrt(args.tiles))))
     pair = make_scene_pair(7, side)

@@ -16,7 +16,9 @@ the probabilities when both resize the same way (torch bicubic), and between the
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ from kdmsi_core.engine import Engine, load_engine
 from kdmsi_core.inference import infer_batch
 from kdmsi_core.model import fuse
 from kdmsi_core.msi import msi
+from kdmsi_train.recipe import first_stage_file
 from kdmsi_train.synth import make_scene_pair
 
 
@@ -102,6 +105,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    # MSI is the first stage's inference: a segmenter that carries one (the embedded model)
+    # is measured on it, written out for the engines that read a file.
+    work = tempfile.TemporaryDirectory(prefix="kdmsi-bench-")
+    args.model = str(first_stage_file(Path(args.model), Path(work.name) / "stage1.safetensors"))
     plain = load_checkpoint(args.model, device)
     model, card = plain.model, plain.card
     engines = {name: load_engine(args.model, name, args.device, args.threads)

@@ -4,6 +4,11 @@ The JSON carries everything needed to run the network (format version, network c
 bands and their normalisation, training tile size, MSI scales, calibrated threshold and a
 summary of the training data). Loading never unpickles code, and a file whose tensors do
 not fit its declared network is refused instead of silently running the wrong fusion.
+
+A segmenter may carry the first stage it was trained from (the CAM student, its teacher and
+their card, under ``kdmsi_stage1``): fine-tuning starts from those two networks, and
+``evaluate`` shows both stages from one file. Floating-point tensors may be stored in
+float16 (the embedded model, to stay small) and are widened to float32 when loaded.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ FORMAT = "kdmsi-geo"
 FORMAT_VERSION = 1
 STUDENT = "student."
 TEACHER = "teacher."
+FIRST_STAGE = "kdmsi_stage1"
+"""Metadata key of the card of the first stage a segmenter carries."""
 CAM_STUDENT, SEGMENTER = "cam-student", "segmenter"
 KINDS: dict[str, str] = {CAM_STUDENT: STUDENT, SEGMENTER: "segmenter."}
 """Model kinds a card may name, and their tensors' prefix. Both map normalised t1, t2 to
@@ -67,6 +74,15 @@ class ModelCard:
     teacher_combination: str | None = None
     training: dict = field(default_factory=dict)
     kind: str = CAM_STUDENT
+
+    @property
+    def map_stride(self) -> int:
+        """Pixels per cell of the grid the change map is drawn on: the encoder's output
+        stride for a CAM student; for a segmenter, its decoder's (after the first block, where
+        its low-level features come from), whose map is then upsampled to every pixel."""
+        if self.kind == SEGMENTER:
+            return 2 * self.network.strides[0]
+        return self.network.output_stride
 
     def to_json(self) -> str:
         return json.dumps({
@@ -127,9 +143,14 @@ def default_model_path() -> Path:
 
 
 def save_checkpoint(path: str | os.PathLike, student: SiameseCAM | SiameseSegmenter,
-                    card: ModelCard, teacher: SiameseCAM | None = None) -> Path:
+                    card: ModelCard, teacher: SiameseCAM | None = None,
+                    first_stage: str | os.PathLike | None = None, half: bool = False) -> Path:
     """Write atomically (temporary name, then rename) so a crash leaves no half file.
-    ``student`` is the network of the card's kind."""
+
+    ``student`` is the network of the card's kind. ``first_stage``, for a segmenter, is the
+    checkpoint of the CAM student (with its teacher) it was trained from, copied in whole, or
+    a segmenter that carries it.
+    ``half`` stores floating-point tensors in float16, which halves the file."""
     path = Path(path)
     from safetensors.torch import save_file
 
@@ -138,10 +159,25 @@ def save_checkpoint(path: str | os.PathLike, student: SiameseCAM | SiameseSegmen
     if teacher is not None:
         tensors.update({TEACHER + k: v.detach().cpu().contiguous()
                         for k, v in teacher.state_dict().items()})
+    metadata = {"format": FORMAT, "kdmsi": card.to_json()}
+    if first_stage is not None:
+        if card.kind != SEGMENTER:
+            raise ValueError("only a segmenter carries a first stage")
+        # a CAM student, or a segmenter that carries one (whose first stage is copied)
+        stage1, stage1_tensors = _open(Path(first_stage), first_stage=has_first_stage(
+            first_stage))
+        if stage1.kind != CAM_STUDENT:
+            raise CheckpointError(f"{first_stage} is neither a first-stage (CAM student) "
+                                  "model nor carries one.")
+        tensors.update({k: v for k, v in stage1_tensors.items()
+                        if k.startswith((STUDENT, TEACHER))})
+        metadata[FIRST_STAGE] = stage1.to_json()
+    if half:
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     fd, tmp = tempfile.mkstemp(prefix=".kdmsi-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"format": FORMAT, "kdmsi": card.to_json()})
+        save_file(tensors, tmp, metadata=metadata)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from others
@@ -152,19 +188,34 @@ def save_checkpoint(path: str | os.PathLike, student: SiameseCAM | SiameseSegmen
     return path
 
 
-def read_card(path: str | os.PathLike) -> ModelCard:
-    """The metadata of a checkpoint or of its ONNX export, without building a network."""
+def read_card(path: str | os.PathLike, first_stage: bool = False) -> ModelCard:
+    """The metadata of a checkpoint or of its ONNX export, without building a network; with
+    ``first_stage``, that of the first stage a segmenter carries."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
+        if first_stage:
+            raise CheckpointError(f"{path} is an ONNX export, which holds no first stage; "
+                                  "give its .safetensors checkpoint.")
         from kdmsi_core.engine import read_onnx_card
 
         return read_onnx_card(path)
-    return _open(path, weights=False)[0]
+    return _open(path, weights=False, first_stage=first_stage)[0]
 
 
-def _open(path: Path, weights: bool = True) -> tuple[ModelCard, dict[str, torch.Tensor]]:
-    """The card and, with ``weights``, the tensors; the card alone needs no torch (numpy
-    reads the header), so that a detect-only install shows it too."""
+def has_first_stage(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a checkpoint that carries its first stage."""
+    try:
+        read_card(path, first_stage=True)
+    except CheckpointError:
+        return False
+    return True
+
+
+def _open(path: Path, weights: bool = True,
+          first_stage: bool = False) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+    """The card (with ``first_stage``, the carried first stage's) and, with ``weights``,
+    the tensors; the card alone needs no torch (numpy reads the header), so that a
+    detect-only install shows it too."""
     if not path.is_file():
         raise CheckpointError(f"The model file {path} does not exist; give the path of a "
                               "kdmsi .safetensors checkpoint or omit --model.")
@@ -179,7 +230,16 @@ def _open(path: Path, weights: bool = True) -> tuple[ModelCard, dict[str, torch.
         raise CheckpointError(f"{path} is not a kdmsi-geo checkpoint (not a readable "
                               f"safetensors file: {exc}); give a model made by "
                               "`kdmsi-geo train`.") from None
-    return parse_card(meta["kdmsi"], path, "retrain it"), tensors
+    if not first_stage:
+        return parse_card(meta["kdmsi"], path, "retrain it"), tensors
+    if FIRST_STAGE not in meta:
+        raise CheckpointError(f"{path} carries no first-stage model; give the first stage's "
+                              "checkpoint (`<model>.stages/stage1.safetensors`).")
+    card = parse_card(meta[FIRST_STAGE], path, "retrain it")
+    if card.kind != CAM_STUDENT:
+        raise CheckpointError(f"The first stage carried by {path} is not a CAM student; "
+                              "the file is damaged, retrain it.")
+    return card, tensors
 
 
 def parse_card(text: str | None, path: Path, remedy: str) -> ModelCard:
@@ -241,12 +301,13 @@ def _load_into(network: SiameseCAM | SiameseSegmenter, tensors: dict[str, torch.
 
 
 def load_checkpoint(path: str | os.PathLike | None = None, device: torch.device | str = "cpu",
-                    teacher: bool = False) -> LoadedModel:
-    """Build the network of the checkpoint's kind (or its teacher) and load its weights."""
+                    teacher: bool = False, first_stage: bool = False) -> LoadedModel:
+    """Build the network of the checkpoint's kind (or its teacher) and load its weights;
+    with ``first_stage``, the CAM student (or teacher) a segmenter carries."""
     import torch
 
     path = Path(path) if path is not None else default_model_path()
-    card, tensors = _open(path)
+    card, tensors = _open(path, first_stage=first_stage)
     build, prefix = network_class(card.kind), KINDS[card.kind]
     if teacher:
         build, prefix = network_class(CAM_STUDENT), TEACHER

@@ -256,7 +256,8 @@ def read_onnx_card(path: Path) -> ModelCard:
     return _onnx_engine(_Source(path.resolve(), _stamp(path), False), "cpu", None).card
 
 
-def _torch_engine(path: Path | None, device: str, threads: int | None) -> TorchEngine:
+def _torch_engine(path: Path | None, device: str, threads: int | None,
+                  first_stage: bool = False) -> TorchEngine:
     if not has_module("torch"):
         raise ParameterError("Running a .safetensors checkpoint needs PyTorch, which is not "
                              f"installed; {TORCH_HINT}, or give its .onnx export.")
@@ -269,7 +270,7 @@ def _torch_engine(path: Path | None, device: str, threads: int | None) -> TorchE
     if threads:
         torch.set_num_threads(threads)
     torch_device = resolve_device(device)
-    loaded = load_checkpoint(path, torch_device)
+    loaded = load_checkpoint(path, torch_device, first_stage=first_stage)
     for_inference(loaded.model, torch_device)
     return TorchEngine(loaded)
 
@@ -310,11 +311,13 @@ def choose(engine: str, path: Path | None, device: str) -> str:
 
 
 def load_engine(model: str | os.PathLike | None = None, engine: str = "auto",
-                device: str = "auto", threads: int | None = None) -> Engine:
+                device: str = "auto", threads: int | None = None,
+                first_stage: bool = False) -> Engine:
     """The engine that runs ``model`` (default: the embedded model) on ``device``.
 
     ``model`` is a ``.safetensors`` checkpoint or an ``.onnx`` export; ``threads`` (None:
-    the library's default, the physical cores) is the CPU threads of the network.
+    the library's default, the physical cores) is the CPU threads of the network. With
+    ``first_stage``, the first stage a segmenter checkpoint carries runs, in PyTorch.
     """
     path = Path(model) if model is not None else None
     if path is None and not default_model_path().is_file():
@@ -323,6 +326,8 @@ def load_engine(model: str | os.PathLike | None = None, engine: str = "auto",
     if path is not None and not path.is_file():
         raise CheckpointError(f"The model file {path} does not exist; give the path of a "
                               "kdmsi .safetensors checkpoint or .onnx model, or omit --model.")
+    if first_stage:
+        return _torch_engine(path, device, threads, first_stage=True)
     chosen = choose(engine, path, device)
     if chosen == "torch":
         return _torch_engine(path, device, threads)

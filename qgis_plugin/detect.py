@@ -77,7 +77,7 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
                      "Default (empty): the threshold calibrated for the model.",
         "MIN_AREA": "Change regions smaller than this many square metres are dropped. "
                     f"Default (empty): {MIN_AREA_CELLS} cells of the model's output grid at "
-                    "T1's pixel size (128 m² for the default model at 0.5 m pixels); the log "
+                    "T1's pixel size (8 m² for the default model at 0.5 m pixels); the log "
                     "states the value used. 0 keeps every region.",
         "TILE_SIZE": "Side of the square tiles, in pixels, that the model sees. "
                      "Default (empty): 256.",

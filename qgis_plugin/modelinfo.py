@@ -78,8 +78,11 @@ class ModelInfoAlgorithm(KdmsiAlgorithm):
         training = card.get("training", {})
         config = training.get("config", {})
         network = card["network"]
-        how = (f"{config.get('backbone', network['backbone'])} student ({network['combination']}"
-               f" fusion) taught by a {card.get('teacher_combination') or '?'} teacher; "
+        what = (f"segmenter ({network['combination']} fusion) trained on pseudo labels"
+                if card["kind"] == "segmenter" else
+                f"student ({network['combination']} fusion) taught by a "
+                f"{card.get('teacher_combination') or '?'} teacher")
+        how = (f"{config.get('backbone', network['backbone'])} {what}; "
                f"best epoch {training.get('best_epoch', '?')}, "
                f"{training.get('train_tiles', '?')} training tiles "
                f"({training.get('train_changed', '?')} changed), "
@@ -96,6 +99,10 @@ class ModelInfoAlgorithm(KdmsiAlgorithm):
             f"({card.get('threshold_rule') or 'rule not recorded'})",
             f"Trained: {how}",
         ]
+        first = card.get("first_stage")
+        if first:
+            lines.append(f"Carries its first stage ({first['kind']}, threshold "
+                         f"{first['threshold']:.3f}), where training from this model starts")
         for line in lines:
             log.info(line)
         return {"KIND": card["kind"], "BANDS": card["bands"]["count"],

@@ -1,7 +1,7 @@
 """Styles for the two outputs, applied when Processing loads them into the project.
 
 The colours follow the model and the data, not fixed numbers: a model's probabilities may
-top out far below 1 (the default model's threshold is under 0.1), so a fixed 0.2..1 ramp
+top out far below 1 (a first-stage model's threshold can be under 0.1), so a fixed 0.2..1 ramp
 would hide most of what it finds. Both layers share one ramp, from the threshold the run
 used to a high percentile of the probabilities above it; pixels below the threshold let
 the imagery through, and polygons are filled by their ``mean_prob``, each with a legend.

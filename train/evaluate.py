@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdmsi_core.checkpoint import default_model_path, has_first_stage
 from kdmsi_core.engine import ONNX_SUFFIX, Engine, has_module, load_engine, require_torch
 from kdmsi_core.errors import DataError, ParameterError
 from kdmsi_core.inference import infer_batch
@@ -32,9 +33,10 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     tile bands the model reads, e.g. the RGB of 4-band tiles for a 3-band model. The
     student's methods run on ``engine`` (auto, torch, onnxruntime) as ``detect`` runs it;
     ``model`` may be an ``.onnx`` export then (no teacher). Only the teacher needs torch:
-    the rest runs where only ``kdmsi-geo[onnx]`` is installed. A segmenter trained by
-    ``train --stages 2`` is shown beside its first-stage model (``stage1_msi``) while that
-    file is still where training left it and this install can run it.
+    the rest runs where only ``kdmsi-geo[onnx]`` is installed. A segmenter is shown beside
+    its first-stage model (``stage1_msi``): the one its checkpoint carries (the embedded
+    model does), else the one ``train --stages 2`` left, while that file is still there;
+    either needs torch.
     """
     progress = progress or NullProgress()
     folder = TileFolder.open(data_dir, split, need_labels=False, need_masks=True)
@@ -54,7 +56,7 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
         thresholds["teacher_cam"] = card.training.get("teacher_threshold", 0.5)
     # The scaling rule detect applies to a raster, applied to a sample of the split.
     norm = for_data(card.normalization, sample_values(store))
-    first = _first_stage(card.training.get("stage1_model"), engine, device)
+    first = _first_stage(model, card.training.get("stage1_model"), engine, device)
     if first is not None:
         first_norm = for_data(first.card.normalization, sample_values(store))
         thresholds["stage1_msi"] = first.card.threshold
@@ -113,9 +115,15 @@ def _teacher(model: str | Path | None, device: str) -> Maps:
     return maps
 
 
-def _first_stage(path: str | None, engine: str, device: str) -> Engine | None:
-    """The first-stage model a segmenter's card names, if it is still on disk and this
-    install can run it (a checkpoint needs torch, which a detect-only install lacks)."""
+def _first_stage(model: str | Path | None, path: str | None, engine: str,
+                 device: str) -> Engine | None:
+    """The first stage the segmenter ``model`` carries (the ONNX twin of the embedded model
+    stands for the embedded checkpoint), else the one its card names if it is still on
+    disk; None where this install cannot run it (a checkpoint needs torch, which a
+    detect-only install lacks)."""
+    source = default_model_path() if model is None else Path(model)
+    if source.suffix.lower() != ONNX_SUFFIX and has_module("torch") and has_first_stage(source):
+        return load_engine(source, engine, device, first_stage=True)
     if not path or not Path(path).is_file():
         return None
     if Path(path).suffix.lower() != ONNX_SUFFIX and not has_module("torch"):

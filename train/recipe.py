@@ -3,10 +3,14 @@
 ``python -m kdmsi_train.recipe`` generates scenes (fixed seed), trains the narrow
 ``resnet18n`` teacher/student pair on their tiles with each of :data:`SEEDS`, keeps the run
 whose student best separates changed from unchanged validation pairs (AUC, image labels
-only), calibrates its threshold from image labels, evaluates teacher CAM, student single
-scale and student MSI of every run on the held-back test scenes and on freshly generated
-ones (for the report; masks are read there only), and writes the kept student with its
-teacher to ``kdmsi_core/models/default.safetensors``.
+only), calibrates its threshold from image labels, then trains the second stage as
+``kdmsi-geo train`` does (pseudo labels of the training pairs from the kept student, a
+segmenter on them, its threshold from image labels). It evaluates every run on the
+held-back test scenes and on freshly generated ones (for the report; masks are read there
+only), and writes the segmenter, carrying the kept student and its teacher (the start of
+every fine-tuning), in float16 to ``kdmsi_core/models/default.safetensors``.
+``--stage1 MODEL`` skips the first stage and starts from MODEL's (a CAM student, or a
+segmenter that carries one, such as the embedded model).
 """
 
 from __future__ import annotations
@@ -18,10 +22,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from kdmsi_core.checkpoint import default_model_path, load_checkpoint, save_checkpoint
+from kdmsi_core.checkpoint import (
+    default_model_path,
+    has_first_stage,
+    load_checkpoint,
+    save_checkpoint,
+)
 from kdmsi_core.progress import BarProgress
+from kdmsi_train.datasets import PairStore, TileFolder
 from kdmsi_train.evaluate import evaluate
 from kdmsi_train.fit import fit_tile_folder
+from kdmsi_train.pseudo import write_pseudo_labels
+from kdmsi_train.stage2 import fit_segmenter
+from kdmsi_train.stages import stage2_config
 from kdmsi_train.synth import write_tile_dataset
 from kdmsi_train.trainer import TrainConfig
 
@@ -42,6 +55,9 @@ CONFIG = TrainConfig(backbone="resnet18n", teacher="abs", student="cat", init="s
 # 1); the validation AUC tells them apart (0.89 and 0.82), so the recipe trains several.
 SEEDS = (0, 1)
 TEST_DATA = {"seed": 9090, "scenes": 24, "scene_size": 512, "tile_size": 64}
+# The second stage as `kdmsi-geo train --stages 2` runs it with its defaults, but a new
+# segmenter (not a fine-tuned embedded one) on the first stage's encoder.
+STAGE2 = replace(stage2_config(TrainConfig(seed=0)), start=None)
 
 
 def best_auc(card_training: dict) -> float:
@@ -50,15 +66,15 @@ def best_auc(card_training: dict) -> float:
 
 
 def run(output: Path, work: Path, data: dict, config: TrainConfig, test_data: dict,
-        seeds: tuple[int, ...] = SEEDS) -> dict:
-    """Generate, train each seed, keep the best by validation AUC, evaluate; returns the
-    figures (also for ``bench/accuracy.py``)."""
+        seeds: tuple[int, ...] = SEEDS, stage1: Path | None = None) -> dict:
+    """Generate, train each seed (or take ``stage1``), keep the best by validation AUC,
+    train the segmenter on its pseudo labels, evaluate; returns the figures (also for
+    ``bench/accuracy.py``)."""
     started = time.perf_counter()
-    tiles = write_tile_dataset(work / "train", **data)
-    fresh = write_tile_dataset(work / "fresh", **test_data)
+    tiles, fresh = generate(work / "train", data), generate(work / "fresh", test_data)
     generated = time.perf_counter() - started
     runs = []
-    for seed in seeds:
+    for seed in seeds if stage1 is None else ():
         began = time.perf_counter()
         path = work / f"seed{seed}.safetensors"
         card = fit_tile_folder(tiles, path, replace(config, seed=seed), keep_teacher=True,
@@ -70,17 +86,50 @@ def run(output: Path, work: Path, data: dict, config: TrainConfig, test_data: di
                      "train_seconds": round(time.perf_counter() - began, 1),
                      "held_back_test": evaluate(tiles, path, "test", teacher=True)["methods"],
                      "fresh_scenes": evaluate(fresh, path, "test", teacher=True)["methods"]})
-    kept = max(runs, key=lambda r: r["val_auc"])
-    # The teacher is kept: fine-tuning from the embedded model (`train --init default`)
-    # starts both networks from it.
-    loaded = load_checkpoint(kept["path"])
-    save_checkpoint(output, loaded.model, loaded.card,
-                    load_checkpoint(kept["path"], teacher=True).model)
-    figures = {"data": data, "generate_seconds": round(generated, 1), "kept_seed": kept["seed"],
-               **{k: v for k, v in kept.items() if k != "path"},
-               "runs": [{k: v for k, v in r.items() if k != "path"} for r in runs],
-               "total_seconds": round(time.perf_counter() - started, 1)}
-    return figures
+    best = max(runs, key=lambda r: r["val_auc"]) if runs else None
+    kept = best["path"] if best else first_stage_file(stage1, work / "stage1.safetensors")
+    began = time.perf_counter()
+    pseudo = work / "pseudo"
+    summary = write_pseudo_labels(tiles, kept, pseudo, "train", overwrite=True,
+                                  progress=BarProgress())
+    segmenter = work / "segmenter.safetensors"
+    fitted = fit_segmenter(pseudo, PairStore(TileFolder.open(tiles, "val")), segmenter,
+                           replace(STAGE2, init=str(kept)), BarProgress(),
+                           {"data": f"recipe scenes (seed {data['seed']})"})
+    # Stored in float16 with its first stage: fine-tuning from the embedded model
+    # (`train --init default`) starts both first-stage networks from it.
+    fitted.card.training["config"]["init"] = "the first stage this file carries"
+    save_checkpoint(output, fitted.network, fitted.card, first_stage=kept, half=True)
+    stage2 = {"seconds": round(time.perf_counter() - began, 1), "threshold": fitted.card.threshold,
+              "best_epoch": fitted.best_epoch, "pseudo_labels": summary,
+              "held_back_test": evaluate(tiles, output, "test")["methods"],
+              "fresh_scenes": evaluate(fresh, output, "test")["methods"]}
+    kept_run = {"kept_seed": best["seed"], **{k: v for k, v in best.items() if k != "path"}} \
+        if best else {"stage1": str(stage1)}
+    return {"data": data, "generate_seconds": round(generated, 1), **kept_run,
+            "runs": [{k: v for k, v in r.items() if k != "path"} for r in runs],
+            "stage2": stage2, "total_seconds": round(time.perf_counter() - started, 1)}
+
+
+def generate(root: Path, params: dict) -> Path:
+    """The tile root of scenes generated with ``params`` in ``root``, generated there
+    unless a previous run (``--work``) left them."""
+    stamp = root / "recipe.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == params:
+        return root / "tiles"
+    tiles = write_tile_dataset(root, **params, overwrite=True)
+    stamp.write_text(json.dumps(params))
+    return tiles
+
+
+def first_stage_file(source: Path, output: Path) -> Path:
+    """``source`` itself when it is a CAM student, else the first stage it carries,
+    written to ``output`` (with its teacher) for the steps that read a first-stage file."""
+    if not has_first_stage(source):
+        return source
+    student = load_checkpoint(source, first_stage=True)
+    teacher = load_checkpoint(source, teacher=True, first_stage=True)
+    return save_checkpoint(output, student.model, student.card, teacher.model)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,12 +139,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenes", type=int, default=DATA["scenes"])
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)),
                         help="training seeds, comma-separated (the scenes stay the same)")
+    parser.add_argument("--stage1", type=Path,
+                        help="skip the first stage: start the second from this model's")
+    parser.add_argument("--work", type=Path,
+                        help="keep the scenes and runs in this folder (scenes are generated "
+                             "once there); default: a temporary folder")
     args = parser.parse_args(argv)
     config = replace(CONFIG, epochs=args.epochs)
     seeds = tuple(int(v) for v in args.seeds.split(","))
-    with tempfile.TemporaryDirectory(prefix="kdmsi-recipe-") as work:
-        figures = run(args.output, Path(work), {**DATA, "scenes": args.scenes}, config,
-                      TEST_DATA, seeds)
+    data = {**DATA, "scenes": args.scenes}
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
+        figures = run(args.output, args.work, data, config, TEST_DATA, seeds, args.stage1)
+    else:
+        with tempfile.TemporaryDirectory(prefix="kdmsi-recipe-") as work:
+            figures = run(args.output, Path(work), data, config, TEST_DATA, seeds, args.stage1)
     print(json.dumps(figures, indent=2))
 
 

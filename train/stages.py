@@ -23,6 +23,7 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
+from kdmsi_core.checkpoint import default_model_path, has_first_stage
 from kdmsi_core.errors import OutputError
 from kdmsi_core.progress import NullProgress, Progress
 from kdmsi_train import fit
@@ -41,12 +42,25 @@ def work_dir(output: Path) -> Path:
 
 
 def stage2_config(config: TrainConfig, epochs: int | None = None) -> Stage2Config:
-    """The segmenter's settings that follow the first stage's (encoder, batches, optimiser)."""
+    """The segmenter's settings that follow the first stage's (encoder, batches, optimiser,
+    and where it starts: see :func:`segmenter_start`)."""
     return Stage2Config(backbone=config.backbone, strides=config.strides,
                         epochs=epochs, batch_size=config.batch_size,
                         optimizer=config.optimizer, lr=config.lr,
                         weight_decay=config.weight_decay, augment=config.augment,
-                        seed=config.seed, device=config.device, pretrained=config.pretrained)
+                        seed=config.seed, device=config.device, pretrained=config.pretrained,
+                        start=segmenter_start(config))
+
+
+def segmenter_start(config: TrainConfig) -> str | None:
+    """The segmenter the second stage starts from: the one the first stage's start carries
+    its first stage in (the embedded model, for ``--init default``), so that fine-tuning
+    refines the embedded segmenter instead of training a new one from the first stage's
+    encoder alone; None for scratch and ImageNet starts."""
+    if config.init == "scratch" or config.pretrained:
+        return None
+    path = default_model_path() if config.init == "default" else Path(config.init)
+    return str(path) if has_first_stage(path) else None
 
 
 TILES, STAGE1, PSEUDO = "tiles", "stage1.safetensors", "pseudo"

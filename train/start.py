@@ -13,7 +13,13 @@ from pathlib import Path
 
 import torch
 
-from kdmsi_core.checkpoint import CAM_STUDENT, default_model_path, load_checkpoint, read_card
+from kdmsi_core.checkpoint import (
+    CAM_STUDENT,
+    default_model_path,
+    has_first_stage,
+    load_checkpoint,
+    read_card,
+)
 from kdmsi_core.errors import CheckpointError
 from kdmsi_core.model import NetworkConfig, SiameseCAM
 
@@ -85,19 +91,24 @@ def resolve_start(init: str, backbone: str, teacher: str, student: str,
         return scratch("ImageNet weights given: the embedded model is not used")
     path = Path(init) if explicit else default_model_path()
     card = read_card(path)
-    why = "it is not a CAM student" if card.kind != CAM_STUDENT else _fits(
-        card.network, backbone, student, strides)
+    # A segmenter that carries its first stage starts the first stage from that.
+    first_stage = card.kind != CAM_STUDENT and has_first_stage(path)
+    if first_stage:
+        card = read_card(path, first_stage=True)
+    why = ("it is a segmenter that carries no first stage (give its "
+           "<model>.stages/stage1.safetensors)" if card.kind != CAM_STUDENT
+           else _fits(card.network, backbone, student, strides))
     if why:
         if explicit:
             raise CheckpointError(f"Training cannot start from {path}: {why}; pass matching "
                                   "--backbone/--student/--strides or --init scratch.")
         return scratch(f"the embedded model does not fit ({why}): trained from scratch")
-    loaded = load_checkpoint(path)
+    loaded = load_checkpoint(path, first_stage=first_stage)
     student_net = SiameseCAM(NetworkConfig(backbone, student, bands, strides))
     student_net.load_state_dict(adapt_bands(loaded.model.state_dict(), bands))
     note = ""
     try:
-        old_teacher = load_checkpoint(path, teacher=True).model
+        old_teacher = load_checkpoint(path, teacher=True, first_stage=first_stage).model
         teacher_net = SiameseCAM(NetworkConfig(backbone, old_teacher.config.combination, bands,
                                                strides))
         teacher_net.load_state_dict(adapt_bands(old_teacher.state_dict(), bands))

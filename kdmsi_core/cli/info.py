@@ -12,13 +12,17 @@ import click
 
 
 def card_record(model: str | None) -> dict:
-    """The card as the checkpoint stores it, plus its path and the network's output stride."""
-    from kdmsi_core.checkpoint import default_model_path, read_card
+    """The card as the checkpoint stores it, plus its path, the stride of the change map's grid
+    (:attr:`~kdmsi_core.checkpoint.ModelCard.map_stride`) and the card of the first stage
+    it carries (None when it carries none)."""
+    from kdmsi_core.checkpoint import default_model_path, has_first_stage, read_card
 
     path = model or default_model_path()
     card = read_card(path)
+    first = json.loads(read_card(path, first_stage=True).to_json()) \
+        if has_first_stage(path) else None
     return {"path": str(path), **json.loads(card.to_json()),
-            "output_stride": card.network.output_stride}
+            "output_stride": card.map_stride, "first_stage": first}
 
 
 def card_lines(record: dict) -> list[str]:
@@ -35,10 +39,16 @@ def card_lines(record: dict) -> list[str]:
         f"Threshold: {record['threshold']:.3f}",
     ]
     if training:
-        lines.append(f"Trained: {config.get('epochs', '?')} epochs, best epoch "
+        epochs = training.get("epochs") or config.get("epochs") or "?"
+        lines.append(f"Trained: {epochs} epochs, best epoch "
                      f"{training.get('best_epoch', '?')}, {training.get('train_tiles', '?')} "
                      f"tiles ({training.get('train_changed', '?')} changed), "
                      f"{training.get('seconds', '?')} s")
+    first = record.get("first_stage")
+    if first:
+        lines.append(f"Carries its first stage: {first['kind']} ({first['network']['backbone']}, "
+                     f"{first['network']['combination']} fusion, threshold "
+                     f"{first['threshold']:.3f}), where `train --init` starts")
     return lines
 
 

@@ -79,3 +79,60 @@ def test_missing_teacher_and_future_version(tmp_path):
               metadata={"format": "kdmsi-geo", "kdmsi": json.dumps(meta)})
     with pytest.raises(CheckpointError, match="format version 99"):
         load_checkpoint(path)
+
+
+def _segmenter_card(network: NetworkConfig) -> ModelCard:
+    return ModelCard(network, Normalization.for_dtype("uint8", network.in_channels), 64, 0.3,
+                     kind="segmenter")
+
+
+def test_segmenter_carries_its_first_stage_in_float16(tmp_path):
+    """The embedded model's layout: a segmenter with the student and teacher it came from,
+    stored in float16 (half the bytes) and widened to float32 when loaded."""
+    from kdmsi_core.checkpoint import has_first_stage
+    from kdmsi_core.segmenter import SiameseSegmenter
+
+    stage1 = tmp_path / "stage1.safetensors"
+    student, teacher = _save(stage1)
+    torch.manual_seed(1)
+    seg = SiameseSegmenter(NetworkConfig(combination="minus")).eval()
+    full = save_checkpoint(tmp_path / "full.safetensors", seg, _segmenter_card(seg.config),
+                           first_stage=stage1)
+    half = save_checkpoint(tmp_path / "half.safetensors", seg, _segmenter_card(seg.config),
+                           first_stage=stage1, half=True)
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    with safe_open(str(half), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16, torch.int64}  # noqa: SIM118
+    x1, x2 = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(seg(x1, x2), load_checkpoint(full).model(x1, x2))
+        loaded = load_checkpoint(half)
+        assert next(loaded.model.parameters()).dtype == torch.float32
+        assert torch.allclose(seg(x1, x2), loaded.model(x1, x2), atol=2e-2)
+        first = load_checkpoint(full, first_stage=True)
+        assert first.card == read_card(stage1) == read_card(half, first_stage=True)
+        assert torch.equal(student.eval()(x1, x2), first.model(x1, x2))
+        carried_teacher = load_checkpoint(full, teacher=True, first_stage=True).model
+        assert torch.equal(teacher.eval()(x1, x2), carried_teacher(x1, x2))
+    assert read_card(half).kind == "segmenter"
+    assert has_first_stage(half) and not has_first_stage(stage1)
+    with pytest.raises(CheckpointError, match="carries no first-stage model"):
+        load_checkpoint(stage1, first_stage=True)
+
+
+def test_start_from_a_segmenter_uses_its_first_stage(tmp_path):
+    from kdmsi_core.segmenter import SiameseSegmenter
+    from kdmsi_train.start import resolve_start
+
+    stage1 = tmp_path / "stage1.safetensors"
+    student, teacher = _save(stage1)
+    seg = SiameseSegmenter(NetworkConfig(combination="minus"))
+    with_first = save_checkpoint(tmp_path / "a.safetensors", seg, _segmenter_card(seg.config),
+                                 first_stage=stage1)
+    start = resolve_start(str(with_first), "resnet18n", "abs", "cat", (2, 2, 2, 1), 3, None)
+    for got, want in ((start.student, student), (start.teacher, teacher)):
+        assert all(torch.equal(v, want.state_dict()[k]) for k, v in got.state_dict().items())
+    assert start.threshold == pytest.approx(0.42)  # the first stage's, not the segmenter's
+    bare = save_checkpoint(tmp_path / "b.safetensors", seg, _segmenter_card(seg.config))
+    with pytest.raises(CheckpointError, match="carries no first stage"):
+        resolve_start(str(bare), "resnet18n", "abs", "cat", (2, 2, 2, 1), 3, None)

@@ -19,8 +19,12 @@ def test_json_card_of_the_default_model() -> None:
     assert record["path"] == str(default_model_path())
     assert record["threshold"] == card.threshold and record["tile_size"] == card.tile_size
     assert record["bands"]["count"] == card.network.in_channels == 3
-    assert record["output_stride"] == card.network.output_stride == 16
-    assert record["kind"] == card.kind
+    # a segmenter's map is drawn on its decoder's stride-4 grid, not the encoder's 16
+    assert record["kind"] == card.kind == "segmenter"
+    assert record["output_stride"] == card.map_stride == 4 < card.network.output_stride
+    assert record["first_stage"] == json.loads(
+        read_card(default_model_path(), first_stage=True).to_json())
+    assert record["first_stage"]["kind"] == "cam-student"
     assert record["training"]["best_epoch"] == card.training["best_epoch"]
 
 
@@ -29,7 +33,8 @@ def test_text_card_names_what_a_user_needs() -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert [line.split(":")[0] for line in lines] == [
-        "Model", "Kind", "Bands", "Tile size", "Threshold", "Trained"]
+        "Model", "Kind", "Bands", "Tile size", "Threshold", "Trained",
+        "Carries its first stage"]
     assert lines[2].startswith("Bands: 3 (")
 
 

@@ -103,12 +103,13 @@ def test_detects_the_change_with_the_default_model(plugin, pair, tmp_path: Path)
     assert probability.crs() == t1_crs == changes.crs()
     assert t1_crs == QgsCoordinateReferenceSystem("EPSG:32633")
     assert changes.featureCount() == result["POLYGONS"] > 0
-    # No speckle: the default minimum area is 2 cells of the model's 16-pixel output grid.
-    assert result["MIN_AREA_USED"] == pytest.approx(2 * 16 * 16 * 0.5 * 0.5)
+    # No speckle: the default minimum area is 2 cells of the map's grid, 4 pixels for the
+    # embedded segmenter (its decoder's stride).
+    assert result["MIN_AREA_USED"] == pytest.approx(2 * 4 * 4 * 0.5 * 0.5)
     assert min(f["area_m2"] for f in changes.getFeatures()) >= result["MIN_AREA_USED"]
 
     # Polygons lie on the change: it is hit, and the detected area falls on or next to it
-    # (class activation maps are blobby, hence the few metres of slack) far more often than
+    # (maps are smooth, hence the few metres of slack) far more often than
     # area spread at random over the scene would.
     truth = _changed_area(pair["mask"]).buffer(NEAR_M, 8)
     detected = QgsGeometry.unaryUnion([f.geometry() for f in changes.getFeatures()])

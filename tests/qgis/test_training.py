@@ -76,10 +76,13 @@ def test_trains_from_the_selected_drawn_areas(plugin, pair, qgis_new_project,
 
 
 def test_modelinfo_shows_the_default_model(plugin) -> None:
-    info = processing.run("kdmsi:modelinfo", {})
-    assert info["BANDS"] == 3 and info["OUTPUT_STRIDE"] == 16
+    feedback = RecordingFeedback()
+    info = processing.run("kdmsi:modelinfo", {}, feedback=feedback)
+    # the embedded segmenter draws its map on its decoder's stride-4 grid
+    assert info["BANDS"] == 3 and info["OUTPUT_STRIDE"] == 4 and info["KIND"] == "segmenter"
     assert 0.0 < info["THRESHOLD"] < 1.0
-    assert "epoch" in info["TRAINING"]
+    assert "epoch" in info["TRAINING"] and "segmenter" in info["TRAINING"]
+    assert any(line.startswith("Carries its first stage (cam-student") for line in feedback.log)
 
 
 def test_label_values_are_checked_before_training(plugin, pair, tmp_path: Path,

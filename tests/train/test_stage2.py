@@ -10,23 +10,37 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kdmsi_core.checkpoint import load_checkpoint, read_card
+from kdmsi_core.checkpoint import (
+    ModelCard,
+    default_model_path,
+    load_checkpoint,
+    read_card,
+    save_checkpoint,
+)
 from kdmsi_core.cli.main import cli
 from kdmsi_core.errors import OutputError
-from kdmsi_core.model import NetworkConfig
+from kdmsi_core.model import NetworkConfig, SiameseCAM
+from kdmsi_core.normalize import Normalization
 from kdmsi_core.segmenter import SiameseSegmenter
-from kdmsi_train.pseudo import IGNORE
+from kdmsi_train.datasets import PairStore, TileFolder
+from kdmsi_train.pseudo import IGNORE, write_pseudo_labels
 from kdmsi_train.stage2 import (
     MAX_EPOCHS,
     UNSURE_WEIGHT,
+    MaskedStore,
     Stage2Config,
     augment,
     beats_last,
+    build_segmenter,
     masked_bce,
+    mosaic,
+    mosaic_factor,
     prior_share,
     start_at_prior,
+    train_segmenter,
 )
-from kdmsi_train.trainer import DEFAULT_PIXELS, auc_standard_error
+from kdmsi_train.stages import stage2_config
+from kdmsi_train.trainer import DEFAULT_PIXELS, TrainConfig, auc_standard_error
 from tests.train.data.toy import write_toy_tiles
 from tests.train.test_areas import _gpkg, _tif, _world
 
@@ -78,6 +92,23 @@ def test_augmentation_keeps_masks_on_their_pixels():
         assert ((x != y).any(axis=0) == (z == 1)).all()
 
 
+def test_small_tiles_are_trained_in_mosaics_that_keep_each_tile_with_its_labels():
+    assert [mosaic_factor(t, 256, 16) for t in (64, 128, 256, 512)] == [4, 2, 1, 1]
+    assert mosaic_factor(64, 256, 8) == 2  # at least one mosaic per batch
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (8, 3, 16, 24), dtype=np.uint8)
+    b, m = a // 2, rng.integers(0, 2, (8, 16, 24), dtype=np.uint8)
+    x, y, z = mosaic(a, b, m, 2)
+    assert x.shape == (2, 3, 32, 48) and z.shape == (2, 32, 48)
+    for i in range(8):  # tile i of mosaic i // 4, at row (i % 4) // 2 and column i % 2
+        rows, cols = slice(16 * (i % 4 // 2), 16 * (i % 4 // 2 + 1)), slice(
+            24 * (i % 2), 24 * (i % 2 + 1))
+        assert np.array_equal(x[i // 4][:, rows, cols], a[i])
+        assert np.array_equal(y[i // 4][:, rows, cols], b[i])
+        assert np.array_equal(z[i // 4][rows, cols], m[i])
+    assert mosaic(a, b, m, 1)[0] is a
+
+
 def test_segmenter_starts_at_the_share_of_change():
     torch.manual_seed(0)
     net = SiameseSegmenter(NetworkConfig()).eval()
@@ -105,6 +136,39 @@ def no_masks(tmp_path_factory):
                            seed=5)
     (root / "label").rename(root.parent / "masks")  # out of reach until evaluation
     return root
+
+
+def test_the_second_stage_starts_from_the_segmenter_its_first_stage_came_in(tmp_path):
+    embedded = str(default_model_path())
+    assert stage2_config(TrainConfig()).start == embedded  # --init default
+    assert stage2_config(TrainConfig(init="scratch")).start is None
+    assert stage2_config(TrainConfig(pretrained="resnet18.pth")).start is None
+    cam = tmp_path / "cam.safetensors"  # a first-stage model comes with no segmenter
+    save_checkpoint(cam, SiameseCAM(NetworkConfig()), ModelCard(
+        NetworkConfig(), Normalization.for_dtype("uint8", 3), 64, 0.2))
+    assert stage2_config(TrainConfig(init=str(cam))).start is None
+    weights = load_checkpoint(None).model.state_dict()
+    network, trained = build_segmenter(Stage2Config(start=embedded), 4)  # RGB + NIR data
+    got = network.state_dict()
+    assert trained and torch.equal(got["classifier.bias"], weights["classifier.bias"])
+    first = got["backbone.conv1.weight"]
+    assert torch.equal(first[:, :3], weights["backbone.conv1.weight"])
+    assert not first[:, 3].any()  # the extra band starts at zero weight
+    other, trained = build_segmenter(Stage2Config(combination="abs", start=embedded), 3)
+    assert not trained  # another fusion: a new segmenter
+
+
+def test_a_trained_start_is_kept_when_training_only_makes_it_worse(no_masks, tmp_path):
+    pseudo = tmp_path / "pseudo"
+    write_pseudo_labels(no_masks, default_model_path(), pseudo, batch_size=8, device="cpu")
+    val = PairStore(TileFolder.open(no_masks, "val"))
+    # A rate this high wrecks the network at the first step: selection must keep the start.
+    config = Stage2Config(start=str(default_model_path()), epochs=2, batch_size=8, lr=50.0,
+                          optimizer="sgd", device="cpu")
+    fitted = train_segmenter(MaskedStore(pseudo), config, val)
+    assert fitted.best_epoch == 0 and fitted.history[0]["epoch"] == 0
+    weights = load_checkpoint(None).model.state_dict()
+    assert all(torch.equal(v, weights[k]) for k, v in fitted.network.state_dict().items())
 
 
 @pytest.mark.slow
@@ -147,18 +211,30 @@ def test_train_stages_2_end_to_end_and_resume(no_masks, tmp_path):
     assert read_card(out).training["config"]["seed"] == 1
     assert read_card(stage1).training["config"]["seed"] == 1
 
+    # the same segmenter carrying its first stage, as the embedded model does
+    carried = save_checkpoint(tmp_path / "carried.safetensors", load_checkpoint(out).model,
+                              read_card(out), first_stage=stage1)
+
+    def methods_of(model):
+        result = CliRunner().invoke(cli, ["evaluate", str(no_masks), "--model", str(model),
+                                          "--device", "cpu", "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output[result.output.index("{"):])["methods"]
+
     shutil.copytree(no_masks.parent / "masks", no_masks / "label")
     try:
-        result = CliRunner().invoke(cli, ["evaluate", str(no_masks), "--model", str(out),
-                                          "--device", "cpu", "--json"])
+        methods = methods_of(out)
+        shutil.rmtree(work)
+        from_file = methods_of(carried)  # no intermediate results left: the carried one
     finally:
         shutil.rmtree(no_masks / "label")
-    assert result.exit_code == 0, result.output
-    methods = json.loads(result.output[result.output.index("{"):])["methods"]
     assert set(methods) == {"msi", "single", "stage1_msi"}  # both stages side by side
-    assert methods["stage1_msi"]["threshold"] == read_card(stage1).threshold
+    assert methods["stage1_msi"]["threshold"] == read_card(carried, first_stage=True).threshold
     assert {"boundary_f1", "objects_hit", "objects_missed", "objects_false"} <= set(
         methods["msi"])
+    # the carried first stage runs in PyTorch, the named one in ONNX Runtime: near-equal
+    assert from_file["msi"] == methods["msi"]
+    assert from_file["stage1_msi"]["f1"] == pytest.approx(methods["stage1_msi"]["f1"], abs=0.01)
 
 
 @pytest.mark.slow

@@ -88,7 +88,7 @@ def test_adapt_bands_keeps_rgb_and_starts_extra_bands_at_zero():
 
 def test_default_start_fits_the_embedded_model_or_falls_back_to_scratch():
     start = resolve_start("default", "resnet18n", "abs", "cat", (2, 2, 2, 1), 4, None)
-    embedded = load_checkpoint(None).model.state_dict()
+    embedded = load_checkpoint(None, first_stage=True).model.state_dict()  # what it carries
     assert start.source == "default" and "4 bands" in start.note
     got = start.student.state_dict()
     assert torch.equal(got["classifier.weight"], embedded["classifier.weight"])
