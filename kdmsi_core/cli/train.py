@@ -46,7 +46,9 @@ def _strides(value: str) -> tuple[int, int, int, int]:
 @click.option("--init", "init", default="default", show_default=True,
               help="Where training starts: 'default' (the embedded model when its backbone, "
                    "student fusion and strides fit; its first layer adapts to other band "
-                   "counts), 'scratch', or a .safetensors checkpoint to fine-tune.")
+                   "counts), 'scratch', or a .safetensors checkpoint to fine-tune. A "
+                   "segmenter that carries its first stage, as the embedded model does, "
+                   "starts both stages.")
 @click.option("--steps", type=click.IntRange(1),
               help="Optimiser steps [default: 600 at 128-px tiles, 150 at 256, 2000 at 64 "
                    "(the same pixels), or --epochs passes over the data].")
