@@ -52,8 +52,7 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     runs = {"msi": (used_scales, True), "single": ((1.0,), False)}  # scales, flip
     thresholds = {"msi": t, "single": t}
     if teacher:
-        teacher_maps = _teacher(model, device)
-        thresholds["teacher_cam"] = card.training.get("teacher_threshold", 0.5)
+        teacher_maps, thresholds["teacher_cam"] = _teacher(model, device)
     # The scaling rule detect applies to a raster, applied to a sample of the split.
     norm = for_data(card.normalization, sample_values(store))
     first = _first_stage(model, card.training.get("stage1_model"), engine, device)
@@ -90,9 +89,10 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     return results
 
 
-def _teacher(model: str | Path | None, device: str) -> Maps:
-    """The teacher CAM of a checkpoint as a function of normalised batches. The teacher is
-    not exported to ONNX, so this is the one part of evaluation that needs torch."""
+def _teacher(model: str | Path | None, device: str) -> tuple[Maps, float]:
+    """The teacher CAM of a checkpoint (or of the first stage a segmenter carries) as a
+    function of normalised batches, and its threshold. The teacher is not exported to ONNX,
+    so this is the one part of evaluation that needs torch."""
     if model is not None and Path(model).suffix.lower() == ONNX_SUFFIX:
         raise ParameterError(f"--teacher needs the .safetensors checkpoint: its ONNX export "
                              f"{Path(model).name} holds no teacher.")
@@ -105,14 +105,16 @@ def _teacher(model: str | Path | None, device: str) -> Maps:
     from kdmsi_train.predict import change_maps
 
     dev = resolve_device(device)
-    network = for_inference(load_checkpoint(model, dev, teacher=True).model, dev)
+    source = default_model_path() if model is None else model
+    loaded = load_checkpoint(source, dev, teacher=True, first_stage=has_first_stage(source))
+    network = for_inference(loaded.model, dev)
 
     def maps(t1: np.ndarray, t2: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             x1, x2 = (torch.from_numpy(x).to(dev) for x in (t1, t2))
             return change_maps(network, x1, x2, "teacher_cam", (1.0,)).float().cpu().numpy()
 
-    return maps
+    return maps, loaded.card.training.get("teacher_threshold", 0.5)
 
 
 def _first_stage(model: str | Path | None, path: str | None, engine: str,

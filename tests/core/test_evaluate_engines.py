@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from kdmsi_core.checkpoint import default_model_path, read_card
 from kdmsi_core.engine import default_onnx_path
 from kdmsi_core.errors import ParameterError
 from kdmsi_core.export import export_onnx
@@ -67,6 +68,11 @@ def test_the_teacher_cam_alone_needs_torch_and_a_checkpoint(synth: Path, segment
         "pip install 'kdmsi-geo[torch]'.")
     with pytest.raises(ParameterError, match="seg.onnx holds no teacher"):
         evaluate(synth / "tiles", segmenter[1], "train", teacher=True)
+    # the embedded segmenter's teacher is the one its first stage carries
+    methods = evaluate(synth / "tiles", None, "train", teacher=True, engine="torch")["methods"]
+    assert methods["teacher_cam"]["threshold"] == read_card(
+        default_model_path(), first_stage=True).training["teacher_threshold"]
+    assert {"msi", "single", "stage1_msi", "teacher_cam"} == set(methods)
 
 
 def _run_homeless(home: Path, *args: object) -> subprocess.CompletedProcess:
