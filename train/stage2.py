@@ -69,11 +69,11 @@ there tightens the outlines; a full one would overrule the images on the true ch
 the first stage's blobs leave outside their cores."""
 MOSAIC_SIDE = 256
 """Tiles smaller than this are trained in square mosaics of up to this side (as many tiles
-as the batch allows). A segmenter trained on 64-px tiles alone saw its deep features only
-next to a tile border; on the 256-px tiles that ``detect`` cuts by default it then painted
-whole fields and forests as change (the embedded model's segmenter on a 256-px set: change
-F1 0.154 on its tiles, 0.455 on the same tiles cut to 64 px; test masks read for that
-report only)."""
+as the batch allows). A segmenter trained on 64-px tiles alone had computed its deep
+features only next to a tile border (the likely reason); on the 256-px tiles that
+``detect`` cuts by default it then painted whole fields and forests as change (the
+embedded model's segmenter on a 256-px set: change F1 0.154 on its tiles, 0.455 on the
+same tiles cut to 64 px; test masks read for that report only)."""
 SELECTION = ("the last epoch, unless an earlier one's (or a trained start's, epoch 0) "
              "validation AUC of each pair's peak 4x4-cell mean probability against its "
              "image label beats the last's by more than the last's standard error (image "
@@ -101,8 +101,8 @@ class Stage2Config:
     init: str | None = None
     """A checkpoint (the first stage's) whose encoder the segmenter starts from."""
     start: str | None = None
-    """A segmenter checkpoint the whole segmenter starts from where it fits (the embedded
-    model, when the first stage started from it); else the encoder starts from ``init``."""
+    """A segmenter checkpoint the whole segmenter starts from where its architecture fits
+    (the embedded model, for ``--init default``); else the encoder starts from ``init``."""
     scales: tuple[float, ...] = STAGE2_SCALES
     unsure_weight: float = UNSURE_WEIGHT
     """Weight of the "not sure" pseudo-label pixels, as background, in the loss."""

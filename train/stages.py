@@ -53,10 +53,11 @@ def stage2_config(config: TrainConfig, epochs: int | None = None) -> Stage2Confi
 
 
 def segmenter_start(config: TrainConfig) -> str | None:
-    """The segmenter the second stage starts from: the one the first stage's start carries
-    its first stage in (the embedded model, for ``--init default``), so that fine-tuning
-    refines the embedded segmenter instead of training a new one from the first stage's
-    encoder alone; None for scratch and ImageNet starts."""
+    """The segmenter the second stage starts from: the ``--init`` model when it is a
+    segmenter carrying its first stage (the embedded model, for ``--init default``), so that
+    fine-tuning refines that segmenter instead of training a new one from the first stage's
+    encoder alone; None for scratch and ImageNet starts. Where its architecture does not fit
+    the segmenter asked for, a new one is trained (:func:`~kdmsi_train.stage2.build_segmenter`)."""
     if config.init == "scratch" or config.pretrained:
         return None
     path = default_model_path() if config.init == "default" else Path(config.init)
