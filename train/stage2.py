@@ -301,12 +301,20 @@ def train_segmenter(train_store: MaskedStore, config: Stage2Config,
     total = steps * epochs
     history: list[dict] = []
     best: tuple[float, int, dict] | None = None  # the highest validation AUC so far
-    if trained and val_store is not None and val_store.labels is not None:
-        # A trained start is epoch 0: selection can return it when training only hurts.
-        start_auc = auc(peak_scores(network, val_store, norm, device, config.batch_size),
-                        val_store.labels)
-        history.append({"epoch": 0, "train_loss": None, "val_auc": start_auc, "seconds": 0.0})
-        best = (start_auc, 0, copy.deepcopy(network.state_dict()))
+    validates = val_store is not None and val_store.labels is not None
+
+    def record(epoch: int, loss: float | None, seconds: float) -> None:
+        """Validate the network as it is now, log the epoch and keep it if it is the best."""
+        nonlocal best
+        val_auc = auc(peak_scores(network, val_store, norm, device, config.batch_size),
+                      val_store.labels) if validates else None
+        history.append({"epoch": epoch, "train_loss": loss, "val_auc": val_auc,
+                        "seconds": seconds})
+        if val_auc is not None and (best is None or val_auc > best[0]):
+            best = (val_auc, epoch, copy.deepcopy(network.state_dict()))
+
+    if trained and validates:
+        record(0, None, 0.0)  # a trained start is epoch 0: kept when training only hurts
     for epoch in range(1, epochs + 1):
         network.train()
         started = time.perf_counter()
@@ -330,14 +338,7 @@ def train_segmenter(train_store: MaskedStore, config: Stage2Config,
             running += loss.item()
             progress.update(f"stage 2 epoch {epoch}/{epochs}", i + 1, steps,
                             f"loss {running / (i + 1):.4f}")
-        val_auc = None
-        if val_store is not None and val_store.labels is not None:
-            val_auc = auc(peak_scores(network, val_store, norm, device, config.batch_size),
-                          val_store.labels)
-        history.append({"epoch": epoch, "train_loss": running / steps, "val_auc": val_auc,
-                        "seconds": round(time.perf_counter() - started, 1)})
-        if val_auc is not None and (best is None or val_auc > best[0]):
-            best = (val_auc, epoch, copy.deepcopy(network.state_dict()))
+        record(epoch, running / steps, round(time.perf_counter() - started, 1))
     chosen = epochs
     if best is not None and best[1] < epochs and beats_last(
             best[0], history[-1]["val_auc"], val_store.labels):
