@@ -5,8 +5,8 @@ prints change-class F1 / IoU of the teacher CAM (max-normalised), the student's 
 single scale and the student with MSI, on the held-back test scenes of the training data set
 and on freshly generated scenes, for the run the recipe keeps; then one line per training
 seed (validation AUC, which chooses, and MSI F1), so the spread between runs shows; then the
-second stage (the segmenter trained on the kept student's pseudo labels) beside its first
-stage, with boundary F1 and object counts.
+second stage's rounds (the segmenter trained on the kept student's pseudo labels, then each
+on the previous one's) beside the first stage, with boundary F1 and object counts.
 
     python bench/accuracy.py [--epochs N] [--scenes N] [--seeds 0,1]
 """
@@ -38,15 +38,16 @@ def main() -> None:
         for method, m in figures[split].items():
             print(f"{split:<16}{method:<13}{m['f1']:>8.4f}{m['iou']:>8.4f}"
                   f"{m['precision']:>8.4f}{m['recall']:>8.4f}")
-    stage2 = figures["stage2"]
     print(f"\n{'split':<16}{'model':<13}{'F1':>8}{'bndF1':>8}{'hit':>6}{'missed':>8}"
           f"{'false':>7}")
     for split in ("held_back_test", "fresh_scenes"):
-        for method, name in (("stage1_msi", "stage 1"), ("msi", "stage 2")):
-            m = stage2[split][method]
+        rows = [("stage 1", figures["stage2"][0][split]["stage1_msi"])]
+        rows += [(f"stage 2, r{r['round']}", r[split]["msi"]) for r in figures["stage2"]]
+        for name, m in rows:
             print(f"{split:<16}{name:<13}{m['f1']:>8.4f}{m['boundary_f1']:>8.4f}"
                   f"{m['objects_hit']:>6}{m['objects_missed']:>8}{m['objects_false']:>7}")
-    print(f"stage 2: {stage2['seconds']} s, threshold {stage2['threshold']:.3f}")
+    for r in figures["stage2"]:
+        print(f"stage 2, round {r['round']}: {r['seconds']} s, threshold {r['threshold']:.3f}")
     print(f"kept seed {figures['kept_seed']}: steps {figures['steps']} "
           f"({figures['stopped']}), training {figures['train_seconds']} s, "
           f"threshold {figures['threshold']:.3f}")

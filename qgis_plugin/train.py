@@ -54,12 +54,16 @@ ONE_STAGE = [
     Stage("calibrate threshold", 10, "Calibrating the change threshold"),
 ]
 TWO_STAGES = [
-    Stage(r"train|epoch (\d+)/(\d+)", 45, "Training"),
-    Stage("calibrate threshold", 5, "Calibrating the change threshold"),
-    Stage(r"stage 1|pseudo labels: maps|pseudo labels: masks", 5,
+    Stage(r"train|epoch (\d+)/(\d+)", 35, "Training"),
+    Stage("calibrate threshold", 3, "Calibrating the change threshold"),
+    Stage(r"stage 1|pseudo labels: maps|pseudo labels: masks", 4,
           "Labelling the training tiles from the first stage's maps"),
-    Stage(r"stage 2 epoch (\d+)/(\d+)", 40, "Training the segmentation network"),
-    Stage("stage 2: calibrate threshold", 5, "Calibrating its change threshold"),
+    Stage(r"stage 2 epoch (\d+)/(\d+)", 25, "Training the segmentation network"),
+    Stage("stage 2: calibrate threshold", 3, "Calibrating its change threshold"),
+    Stage(r"round 2: pseudo labels: (?:maps|masks)", 4,
+          "Labelling the training tiles again from the segmentation network's maps"),
+    Stage(r"round 2: stage 2 epoch (\d+)/(\d+)", 23, "Training the segmentation network again"),
+    Stage("round 2: stage 2: calibrate threshold", 3, "Calibrating its change threshold"),
 ]
 STAGES = {2: Stages(TWO_STAGES, STARTING), 1: Stages(ONE_STAGE, STARTING)}
 STAGE_CHOICES = ["2", "1"]
@@ -92,8 +96,9 @@ class TrainModelAlgorithm(KdmsiAlgorithm):
                      f"Default: {DEFAULT_TILE_SIZE}.",
         "SAMPLES": f"Number of training tiles sampled. Default: {DEFAULT_SAMPLES}.",
         "STAGES": "2: the KD-MSI network, then a segmentation network trained on its maps, "
-                  "which outlines changes at full resolution. 1: the KD-MSI network alone, in "
-                  "about half the time, with coarser, rounder changes. Default: 2.",
+                  "which outlines changes at full resolution, and a second one trained on "
+                  "the first one's maps. 1: the KD-MSI network alone, in "
+                  "a fraction of the time, with coarser, rounder changes. Default: 2.",
         "DEVICE": DEVICE_HELP,
         "OUTPUT": "The model file to write (.safetensors); use it as Model in Detect changes. "
                   "Written only when training completes: a cancelled run leaves none.",

@@ -7,8 +7,9 @@ only), calibrates its threshold from image labels, then trains the second stage 
 ``kdmsi-geo train`` does (pseudo labels of the training pairs from the kept student, a
 segmenter on them, its threshold from image labels). It evaluates every run on the
 held-back test scenes and on freshly generated ones (for the report; masks are read there
-only), and writes the segmenter, carrying the kept student and its teacher (the start of
-every fine-tuning), in float16 to ``kdmsi_core/models/default.safetensors``.
+only), and writes the last round's segmenter (:data:`~kdmsi_train.stages.ROUNDS`, each
+trained on the previous one's pseudo labels), carrying the kept student and its teacher
+(the start of every fine-tuning), in float16 to ``kdmsi_core/models/default.safetensors``.
 ``--stage1 MODEL`` skips the first stage and starts from MODEL's (a CAM student, or a
 segmenter that carries one, such as the embedded model).
 """
@@ -34,7 +35,7 @@ from kdmsi_train.evaluate import evaluate
 from kdmsi_train.fit import fit_tile_folder
 from kdmsi_train.pseudo import write_pseudo_labels
 from kdmsi_train.stage2 import fit_segmenter
-from kdmsi_train.stages import stage2_config
+from kdmsi_train.stages import ROUNDS, round_files, stage2_config
 from kdmsi_train.synth import write_tile_dataset
 from kdmsi_train.trainer import TrainConfig
 
@@ -55,8 +56,8 @@ CONFIG = TrainConfig(backbone="resnet18n", teacher="abs", student="cat", init="s
 # 1); the validation AUC tells them apart (0.89 and 0.82), so the recipe trains several.
 SEEDS = (0, 1)
 TEST_DATA = {"seed": 9090, "scenes": 24, "scene_size": 512, "tile_size": 64}
-# The second stage as `kdmsi-geo train --stages 2` runs it with its defaults, but a new
-# segmenter (not a fine-tuned embedded one) on the first stage's encoder.
+# The second stage as `kdmsi-geo train --stages 2` runs it with its defaults (rounds too),
+# but each round a new segmenter (not a fine-tuned embedded one) on the first stage's encoder.
 STAGE2 = replace(stage2_config(TrainConfig(seed=0)), start=None)
 
 
@@ -66,9 +67,11 @@ def best_auc(card_training: dict) -> float:
 
 
 def run(output: Path, work: Path, data: dict, config: TrainConfig, test_data: dict,
-        seeds: tuple[int, ...] = SEEDS, stage1: Path | None = None) -> dict:
+        seeds: tuple[int, ...] = SEEDS, stage1: Path | None = None,
+        rounds: int = ROUNDS) -> dict:
     """Generate, train each seed (or take ``stage1``), keep the best by validation AUC,
-    train the segmenter on its pseudo labels, evaluate; returns the figures (also for
+    train the segmenter on its pseudo labels, and each further round's on the previous
+    segmenter's, evaluate; returns the figures, ``stage2`` one entry per round (also for
     ``bench/accuracy.py``)."""
     started = time.perf_counter()
     tiles, fresh = generate(work / "train", data), generate(work / "fresh", test_data)
@@ -88,22 +91,30 @@ def run(output: Path, work: Path, data: dict, config: TrainConfig, test_data: di
                      "fresh_scenes": evaluate(fresh, path, "test", teacher=True)["methods"]})
     best = max(runs, key=lambda r: r["val_auc"]) if runs else None
     kept = best["path"] if best else first_stage_file(stage1, work / "stage1.safetensors")
-    began = time.perf_counter()
-    pseudo = work / "pseudo"
-    summary = write_pseudo_labels(tiles, kept, pseudo, "train", overwrite=True,
-                                  progress=BarProgress())
-    segmenter = work / "segmenter.safetensors"
-    fitted = fit_segmenter(pseudo, PairStore(TileFolder.open(tiles, "val")), segmenter,
-                           replace(STAGE2, init=str(kept)), BarProgress(),
-                           {"data": f"recipe scenes (seed {data['seed']})"})
+    val = PairStore(TileFolder.open(tiles, "val"))
+    stage2, labeller = [], kept
+    for index in range(1, rounds + 1):
+        began = time.perf_counter()
+        pseudo, segmenter = round_files(work, index, work / f"segmenter{rounds}.safetensors",
+                                        rounds)
+        summary = write_pseudo_labels(tiles, labeller, pseudo, "train", overwrite=True,
+                                      progress=BarProgress())
+        fitted = fit_segmenter(pseudo, val, segmenter, replace(STAGE2, init=str(kept)),
+                               BarProgress(), {"data": f"recipe scenes (seed {data['seed']})",
+                                               "stage1_model": str(kept), "round": index,
+                                               "rounds": rounds})
+        stage2.append({"round": index, "seconds": round(time.perf_counter() - began, 1),
+                       "threshold": fitted.card.threshold, "best_epoch": fitted.best_epoch,
+                       "pseudo_labels": summary,
+                       "held_back_test": evaluate(tiles, segmenter, "test")["methods"],
+                       "fresh_scenes": evaluate(fresh, segmenter, "test")["methods"]})
+        labeller = segmenter
     # Stored in float16 with its first stage: fine-tuning from the embedded model
     # (`train --init default`) starts both first-stage networks from it.
+    # The work folder goes away: the first stage is the one this file carries.
     fitted.card.training["config"]["init"] = "the first stage this file carries"
+    del fitted.card.training["stage1_model"]
     save_checkpoint(output, fitted.network, fitted.card, first_stage=kept, half=True)
-    stage2 = {"seconds": round(time.perf_counter() - began, 1), "threshold": fitted.card.threshold,
-              "best_epoch": fitted.best_epoch, "pseudo_labels": summary,
-              "held_back_test": evaluate(tiles, output, "test")["methods"],
-              "fresh_scenes": evaluate(fresh, output, "test")["methods"]}
     kept_run = {"kept_seed": best["seed"], **{k: v for k, v in best.items() if k != "path"}} \
         if best else {"stage1": str(stage1)}
     return {"data": data, "generate_seconds": round(generated, 1), **kept_run,

@@ -1,7 +1,9 @@
-"""The whole two-stage pipeline: KD-MSI training, pseudo labels, segmenter training.
+"""The whole two-stage pipeline: KD-MSI training, pseudo labels, segmenter training, and
+further rounds of pseudo labels and segmenter (:data:`ROUNDS`).
 
 Intermediate results stay in ``<output stem>.stages/`` beside the output: ``stage1.safetensors``
-(with its teacher), ``pseudo/`` (the pseudo labels, viewable in any GIS) and, for the GIS
+(with its teacher), ``pseudo/`` (the pseudo labels, viewable in any GIS), for each round but
+the last ``segmenter<N>.safetensors`` and the next round's ``pseudo<N+1>/`` and, for the GIS
 form, ``tiles/`` (the tiles sampled in the label areas). Each appears complete or not at
 all, so a run started again with the same settings resumes after the last finished step;
 ``stages.json`` records those settings and a run with other ones is refused.
@@ -33,6 +35,14 @@ from kdmsi_train.stage2 import SegmenterFit, Stage2Config, fit_segmenter
 from kdmsi_train.trainer import TrainConfig
 
 SETTINGS = "stages.json"
+ROUNDS = 2
+"""Segmenters trained one after another by default, each on the pseudo labels of the one
+before (the first on the first stage's). The segmenter's maps miss fewer changes and follow
+their outlines more closely than the first stage's, so the second round learns from better
+labels: on the robustness sets (six sets, two seeds, the embedded segmenter as start both
+times) change F1 rose by 1.8 ± 1.7 points, in 10 of 12 runs, the other two within 0.3
+(test masks read for that report only, README). A third round lost a little on the
+recipe's data, so two it is."""
 VAL_SHARE = 15  # percent of the GIS-form tiles that validate, as in the first stage alone
 
 
@@ -66,7 +76,29 @@ def segmenter_start(config: TrainConfig) -> str | None:
 
 TILES, STAGE1, PSEUDO = "tiles", "stage1.safetensors", "pseudo"
 STEPS = (TILES, STAGE1, PSEUDO)
-"""What a finished step leaves in the work folder (each written whole or not at all)."""
+"""What the first finished steps leave in the work folder (each written whole or not at
+all; the later rounds' files come only after them)."""
+
+
+def round_files(work: Path, index: int, output: Path, rounds: int) -> tuple[Path, Path]:
+    """(pseudo-label folder, segmenter file) of round ``index`` (1-based): the first stage's
+    ``pseudo/`` and, after it, ``pseudo<N>/``; the last round writes ``output``."""
+    pseudo = work / (PSEUDO if index == 1 else f"{PSEUDO}{index}")
+    return pseudo, output if index == rounds else work / f"segmenter{index}.safetensors"
+
+
+class _Round:
+    """The progress of a later round: its stages named ``round N: <stage>``, so that a bar
+    or the QGIS plugin tells the rounds apart."""
+
+    def __init__(self, progress: Progress, index: int) -> None:
+        self.progress, self.prefix = progress, f"round {index}: "
+
+    def update(self, stage: str, done: int, total: int, message: str = "") -> None:
+        self.progress.update(self.prefix + stage, done, total, message)
+
+    def is_cancelled(self) -> bool:
+        return self.progress.is_cancelled()
 
 
 @contextmanager
@@ -101,47 +133,59 @@ def _work(output: Path, settings: dict, overwrite: bool) -> Iterator[Path]:
 
 
 def _run(data_dir: Path, output: Path, config: TrainConfig, stage2: Stage2Config,
-         work: Path, progress: Progress, summary: dict) -> SegmenterFit:
+         rounds: int, work: Path, progress: Progress, summary: dict) -> SegmenterFit:
     stage1 = work / STAGE1
     if stage1.is_file():
         progress.update("stage 1", 1, 1, f"reusing {stage1}")
     else:
         fit.fit_tile_folder(data_dir, stage1, config, overwrite=True, keep_teacher=True,
                             progress=progress)
-    pseudo = work / PSEUDO
-    if (pseudo / SUMMARY).is_file():
-        progress.update("pseudo labels", 1, 1, f"reusing {pseudo}")
-    else:
-        write_pseudo_labels(data_dir, stage1, pseudo, "train", batch_size=config.batch_size,
-                            device=config.device, overwrite=True, progress=progress)
     val = None
     if (data_dir / "list" / "val_label.txt").is_file():
         val = PairStore(TileFolder.open(data_dir, "val"))
     stage2 = replace(stage2, init=str(stage1))
-    return fit_segmenter(pseudo, val, output, stage2, progress,
-                         {**summary, "stage1_model": str(stage1)})
+    labeller = stage1
+    for index in range(1, rounds + 1):
+        pseudo, segmenter = round_files(work, index, output, rounds)
+        shown = progress if index == 1 else _Round(progress, index)
+        if (pseudo / SUMMARY).is_file():
+            shown.update("pseudo labels", 1, 1, f"reusing {pseudo}")
+        else:
+            write_pseudo_labels(data_dir, labeller, pseudo, "train",
+                                batch_size=config.batch_size, device=config.device,
+                                overwrite=True, progress=shown)
+        if index < rounds and segmenter.is_file():
+            shown.update("stage 2", 1, 1, f"reusing {segmenter}")
+        else:
+            fitted = fit_segmenter(pseudo, val, segmenter, stage2, shown,
+                                   {**summary, "stage1_model": str(stage1), "round": index,
+                                    "rounds": rounds})
+        labeller = segmenter
+    return fitted
 
 
 def fit_tile_folder(data_dir: str | Path, output: str | Path, config: TrainConfig,
                     overwrite: bool = False, keep_teacher: bool = False,
                     progress: Progress | None = None,
-                    stage2_epochs: int | None = None) -> SegmenterFit:
-    """Both stages on a tile folder; writes the segmenter to ``output``. ``keep_teacher``
-    has no effect here: the first stage's checkpoint always keeps its teacher."""
+                    stage2_epochs: int | None = None, rounds: int = ROUNDS) -> SegmenterFit:
+    """Both stages on a tile folder; writes the last round's segmenter to ``output``.
+    ``keep_teacher`` has no effect here: the first stage's checkpoint always keeps its
+    teacher."""
     output, data_dir = Path(output), Path(data_dir)
     fit.check_output(output, overwrite)
     stage2 = stage2_config(config, stage2_epochs)
-    with _work(output, {"data": str(data_dir.resolve()), "stage1": _config_dict(config)},
-               overwrite) as work:
-        return _run(data_dir, output, config, stage2, work, progress or NullProgress(),
-                    {"data": str(data_dir)})
+    settings = {"data": str(data_dir.resolve()), "stage1": _config_dict(config),
+                "rounds": rounds}
+    with _work(output, settings, overwrite) as work:
+        return _run(data_dir, output, config, stage2, rounds, work,
+                    progress or NullProgress(), {"data": str(data_dir)})
 
 
 def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | Path,
               config: TrainConfig, tile_size: int = 128, samples: int = 2000,
               overwrite: bool = False, keep_teacher: bool = False,
               progress: Progress | None = None,
-              stage2_epochs: int | None = None) -> SegmenterFit:
+              stage2_epochs: int | None = None, rounds: int = ROUNDS) -> SegmenterFit:
     """Both stages on tiles sampled inside drawn label areas (kept in ``tiles/``)."""
     output = Path(output)
     fit.check_output(output, overwrite)
@@ -149,14 +193,14 @@ def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | 
     stage2 = stage2_config(config, stage2_epochs)
     settings = {"t1": str(Path(t1).resolve()), "t2": str(Path(t2).resolve()),
                 "labels": str(Path(labels).resolve()), "tile_size": tile_size,
-                "samples": samples, "stage1": _config_dict(config)}
+                "samples": samples, "stage1": _config_dict(config), "rounds": rounds}
     with _work(output, settings, overwrite) as work:
         tiles = work / TILES
         if not (tiles / "list" / "train_label.txt").is_file():
             progress.update("sample tiles", 0, 1)
             write_area_tiles(t1, t2, labels, tiles, tile_size, samples, config.seed)
             progress.update("sample tiles", 1, 1)
-        return _run(tiles, output, config, stage2, work, progress,
+        return _run(tiles, output, config, stage2, rounds, work, progress,
                     {"t1": str(t1), "t2": str(t2), "labels": str(labels)})
 
 

@@ -79,11 +79,15 @@ def _strides(value: str) -> tuple[int, int, int, int]:
                    "network trained on them, which outlines changes at full resolution; "
                    "intermediate results stay in <output stem>.stages/ and the same command "
                    "run again resumes there (--overwrite starts afresh). 1: the student "
-                   "alone, in about half the time, with coarser maps.")
+                   "alone, much faster, with coarser maps.")
 @click.option("--stage2-epochs", type=click.IntRange(1),
               help="With --stages 2: passes of the segmentation network over the tiles "
                    "[default: as many as see the first stage's default pixel budget, at most "
                    "5; longer, it learns the pseudo labels' blobs].")
+@click.option("--rounds", default=2, show_default=True, type=click.IntRange(1, 5),
+              help="With --stages 2: segmentation networks trained one after another, each "
+                   "on pseudo labels from the maps of the one before (the first on the first "
+                   "stage's); each round takes about as long as the first one's.")
 @device_opt
 @click.option("--keep-teacher", is_flag=True, help="Store the teacher too (for evaluation).")
 @overwrite_opt
@@ -91,7 +95,7 @@ def _strides(value: str) -> tuple[int, int, int, int]:
 def command(data_dir, output, t1, t2, labels, tile_size, samples, backbone, teacher, student,
             strides, pretrained, init, steps, epochs, time_budget, pooling, balanced,
             early_stop, batch_size, optimizer, lr, weight_decay, augment,
-            seed, stages, stage2_epochs, device, keep_teacher, overwrite,
+            seed, stages, stage2_epochs, rounds, device, keep_teacher, overwrite,
             progress_kind) -> None:
     """Train a change model on DATA_DIR (A/, B/, list/) or on --t1/--t2/--labels.
 
@@ -99,7 +103,8 @@ def command(data_dir, output, t1, t2, labels, tile_size, samples, backbone, teac
     is checked on the validation split 12 times over the run (the starting model too) and the
     check whose peak probability best separates changed from unchanged validation pairs (AUC)
     is kept. Stage 2 (the default) labels the training pairs from the student's maps and
-    trains a segmentation network on those pseudo labels. Each stage's change threshold is
+    trains a segmentation network on those pseudo labels, then labels them again from that
+    network's sharper maps and trains another (--rounds). Each stage's change threshold is
     calibrated from image labels alone.
     """
     from kdmsi_core.engine import require_torch
@@ -113,8 +118,9 @@ def command(data_dir, output, t1, t2, labels, tile_size, samples, backbone, teac
 
         from kdmsi_train import stages as two_stages
 
-        fit_areas = partial(two_stages.fit_areas, stage2_epochs=stage2_epochs)
-        fit_tile_folder = partial(two_stages.fit_tile_folder, stage2_epochs=stage2_epochs)
+        fit_areas = partial(two_stages.fit_areas, stage2_epochs=stage2_epochs, rounds=rounds)
+        fit_tile_folder = partial(two_stages.fit_tile_folder, stage2_epochs=stage2_epochs,
+                                  rounds=rounds)
     config = TrainConfig(backbone=backbone, teacher=teacher, student=student,
                          strides=_strides(strides), init=str(init), steps=steps,
                          epochs=epochs, time_budget=time_budget, pooling=pooling,

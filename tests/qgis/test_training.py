@@ -53,9 +53,12 @@ def test_trains_from_the_selected_drawn_areas(plugin, pair, qgis_new_project,
     assert feedback.progress == sorted(feedback.progress) and feedback.progress[-1] == 100
     assert feedback.texts[0][0] < 1.0
     texts = [text for _, text in feedback.texts]
-    # both stages, in order, each once; their intermediate results do not stay behind
+    # both stages and the second round, in order, each once; their intermediate results
+    # do not stay behind
     order = ["Training", "Labelling the training tiles from the first stage's maps",
-             "Training the segmentation network"]
+             "Training the segmentation network",
+             "Labelling the training tiles again from the segmentation network's maps",
+             "Training the segmentation network again"]
     by_length = sorted(order, key=len, reverse=True)
     started = [next((label for label in by_length if text.startswith(label)), None)
                for text in texts]

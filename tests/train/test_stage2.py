@@ -39,7 +39,7 @@ from kdmsi_train.stage2 import (
     start_at_prior,
     train_segmenter,
 )
-from kdmsi_train.stages import stage2_config
+from kdmsi_train.stages import ROUNDS, stage2_config
 from kdmsi_train.trainer import DEFAULT_PIXELS, TrainConfig, auc_standard_error
 from tests.train.data.toy import write_toy_tiles
 from tests.train.test_areas import _gpkg, _tif, _world
@@ -192,19 +192,34 @@ def test_train_stages_2_end_to_end_and_resume(no_masks, tmp_path):
     load_checkpoint(stage1, teacher=True)  # kept with its teacher
     assert len(list((work / "pseudo" / "pseudo").iterdir())) == len(
         (no_masks / "list" / "train.txt").read_text().split())
+    # the second round learnt the pseudo labels of the first round's segmenter
+    first, pseudo2 = work / "segmenter1.safetensors", work / "pseudo2" / "pseudo.json"
+    assert ROUNDS == 2 and card.training["round"] == card.training["rounds"] == 2
+    assert read_card(first).kind == "segmenter" and read_card(first).training["round"] == 1
+    assert card.training["pseudo_labels"]["model"] == str(first)
+    assert card.training["pseudo_labels"]["model_kind"] == "segmenter"
+    assert read_card(first).training["pseudo_labels"]["model"] == str(stage1)
+    assert card.training["stage1_model"] == str(stage1)
 
-    out.unlink()  # as if stage 2 had been interrupted
-    before = stage1.stat().st_mtime_ns, pseudo.stat().st_mtime_ns
+    out.unlink()  # as if the last round had been interrupted
+    steps = (stage1, pseudo, first, pseudo2)
+    before = [p.stat().st_mtime_ns for p in steps]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert (stage1.stat().st_mtime_ns, pseudo.stat().st_mtime_ns) == before  # reused
+    assert [p.stat().st_mtime_ns for p in steps] == before  # reused
     assert out.is_file()
+    one = tmp_path / "one.safetensors"  # --rounds 1: the first round's segmenter is the model
+    result = CliRunner().invoke(cli, ["train", str(no_masks), "-o", str(one), "--stages", "2",
+                                      "--rounds", "1", *FAST])
+    assert result.exit_code == 0, result.output
+    assert read_card(one).training["rounds"] == 1
+    assert not (tmp_path / "one.stages" / "segmenter1.safetensors").exists()
 
     out.unlink()
     other = CliRunner().invoke(cli, [*args, "--seed", "1"])
     assert other.exit_code == OutputError.exit_code
     assert "other settings" in other.output and not out.exists()
-    assert (stage1.stat().st_mtime_ns, pseudo.stat().st_mtime_ns) == before  # nothing lost
+    assert [p.stat().st_mtime_ns for p in steps] == before  # nothing lost
     # --overwrite starts afresh, after another run's leftovers as after a finished run
     afresh = CliRunner().invoke(cli, [*args, "--seed", "1", "--overwrite"])
     assert afresh.exit_code == 0, afresh.output
