@@ -78,7 +78,9 @@ class ModelInfoAlgorithm(KdmsiAlgorithm):
         training = card.get("training", {})
         config = training.get("config", {})
         network = card["network"]
-        what = (f"segmenter ({network['combination']} fusion) trained on pseudo labels"
+        rounds = (f" (round {training['round']} of {training['rounds']}: those of the round "
+                  "before)" if training.get("round", 1) > 1 else "")
+        what = (f"segmenter ({network['combination']} fusion) trained on pseudo labels{rounds}"
                 if card["kind"] == "segmenter" else
                 f"student ({network['combination']} fusion) taught by a "
                 f"{card.get('teacher_combination') or '?'} teacher")

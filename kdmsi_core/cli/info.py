@@ -43,7 +43,10 @@ def card_lines(record: dict) -> list[str]:
         lines.append(f"Trained: {epochs} epochs, best epoch "
                      f"{training.get('best_epoch', '?')}, {training.get('train_tiles', '?')} "
                      f"tiles ({training.get('train_changed', '?')} changed), "
-                     f"{training.get('seconds', '?')} s")
+                     f"{training.get('seconds', '?')} s"
+                     + (f"; round {training['round']} of {training['rounds']}, on the "
+                        "pseudo labels of the round before" if training.get("round", 1) > 1
+                        else ""))
     first = record.get("first_stage")
     if first:
         lines.append(f"Carries its first stage: {first['kind']} ({first['network']['backbone']}, "

@@ -36,6 +36,8 @@ def test_text_card_names_what_a_user_needs() -> None:
         "Model", "Kind", "Bands", "Tile size", "Threshold", "Trained",
         "Carries its first stage"]
     assert lines[2].startswith("Bands: 3 (")
+    # the embedded segmenter is the second round's
+    assert lines[5].endswith("round 2 of 2, on the pseudo labels of the round before")
 
 
 def test_a_file_that_is_no_model_is_one_error_line(tmp_path: Path) -> None:

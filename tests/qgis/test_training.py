@@ -85,6 +85,7 @@ def test_modelinfo_shows_the_default_model(plugin) -> None:
     assert info["BANDS"] == 3 and info["OUTPUT_STRIDE"] == 4 and info["KIND"] == "segmenter"
     assert 0.0 < info["THRESHOLD"] < 1.0
     assert "epoch" in info["TRAINING"] and "segmenter" in info["TRAINING"]
+    assert "(round 2 of 2: those of the round before)" in info["TRAINING"]
     assert any(line.startswith("Carries its first stage (cam-student") for line in feedback.log)
 
 
