@@ -102,7 +102,7 @@ class Stage2Config:
     """A checkpoint (the first stage's) whose encoder the segmenter starts from."""
     start: str | None = None
     """A segmenter checkpoint the whole segmenter starts from where its architecture fits
-    (the embedded model, for ``--init default``); else the encoder starts from ``init``."""
+    (``"default"``: the embedded model); else the encoder starts from ``init``."""
     scales: tuple[float, ...] = STAGE2_SCALES
     unsure_weight: float = UNSURE_WEIGHT
     """Weight of the "not sure" pseudo-label pixels, as background, in the loss."""
@@ -224,7 +224,7 @@ def build_segmenter(config: Stage2Config, bands: int) -> tuple[SiameseSegmenter,
     network = SiameseSegmenter(NetworkConfig(config.backbone, config.combination, bands,
                                              config.strides))
     if config.start:
-        source = load_checkpoint(config.start).model
+        source = load_checkpoint(None if config.start == "default" else config.start).model
         theirs, ours = source.config, network.config
         if (theirs.backbone, theirs.combination, theirs.strides) == \
                 (ours.backbone, ours.combination, ours.strides):

@@ -25,7 +25,7 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
-from kdmsi_core.checkpoint import default_model_path, has_first_stage
+from kdmsi_core.checkpoint import has_first_stage
 from kdmsi_core.errors import OutputError
 from kdmsi_core.progress import NullProgress, Progress
 from kdmsi_train import fit
@@ -64,14 +64,16 @@ def stage2_config(config: TrainConfig, epochs: int | None = None) -> Stage2Confi
 
 def segmenter_start(config: TrainConfig) -> str | None:
     """The segmenter the second stage starts from: the ``--init`` model when it is a
-    segmenter carrying its first stage (the embedded model, for ``--init default``), so that
+    segmenter carrying its first stage (``"default"``, the embedded model, for ``--init
+    default``: the card then names no path of the machine that trained it), so that
     fine-tuning refines that segmenter instead of training a new one from the first stage's
     encoder alone; None for scratch and ImageNet starts. Where its architecture does not fit
     the segmenter asked for, a new one is trained (:func:`~kdmsi_train.stage2.build_segmenter`)."""
     if config.init == "scratch" or config.pretrained:
         return None
-    path = default_model_path() if config.init == "default" else Path(config.init)
-    return str(path) if has_first_stage(path) else None
+    if config.init == "default":
+        return "default"
+    return config.init if has_first_stage(Path(config.init)) else None
 
 
 TILES, STAGE1, PSEUDO = "tiles", "stage1.safetensors", "pseudo"

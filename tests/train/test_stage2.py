@@ -139,7 +139,7 @@ def no_masks(tmp_path_factory):
 
 
 def test_the_second_stage_starts_from_the_segmenter_its_first_stage_came_in(tmp_path):
-    embedded = str(default_model_path())
+    embedded = "default"  # the embedded model, named so in the card, not by its path
     assert stage2_config(TrainConfig()).start == embedded  # --init default
     assert stage2_config(TrainConfig(init="scratch")).start is None
     assert stage2_config(TrainConfig(pretrained="resnet18.pth")).start is None
