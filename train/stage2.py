@@ -375,8 +375,10 @@ def calibrate(network: torch.nn.Module, store: PairStore, norm: Normalization,
 
 def fit_segmenter(pseudo_dir: str | Path, val_store: PairStore | None, output: str | Path,
                   config: Stage2Config, progress: Progress | None = None,
-                  data_summary: dict | None = None) -> SegmenterFit:
-    """Train, select, calibrate (on val, else on the training pairs) and save a segmenter."""
+                  data_summary: dict | None = None,
+                  first_stage: str | Path | None = None) -> SegmenterFit:
+    """Train, select, calibrate (on val, else on the training pairs) and save a segmenter,
+    carrying ``first_stage`` (the first-stage checkpoint it came from) when given."""
     started = time.perf_counter()
     progress = progress or NullProgress()
     store = MaskedStore(pseudo_dir)
@@ -411,6 +413,6 @@ def fit_segmenter(pseudo_dir: str | Path, val_store: PairStore | None, output: s
             "seconds": round(time.perf_counter() - started, 1),
         },
     )
-    fitted.path = save_checkpoint(output, network, card)
+    fitted.path = save_checkpoint(output, network, card, first_stage=first_stage)
     fitted.card = card
     return fitted

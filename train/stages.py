@@ -7,6 +7,10 @@ the last ``segmenter<N>.safetensors`` and the next round's ``pseudo<N+1>/`` and,
 form, ``tiles/`` (the tiles sampled in the label areas). Each appears complete or not at
 all, so a run started again with the same settings resumes after the last finished step;
 ``stages.json`` records those settings and a run with other ones is refused.
+
+The output carries the first stage (student and teacher) it came from, as the embedded
+model does: ``evaluate`` shows that stage beside it once the work folder is gone, and the
+output can start further training (``--init model.safetensors``) like the embedded model.
 """
 
 from __future__ import annotations
@@ -161,7 +165,8 @@ def _run(data_dir: Path, output: Path, config: TrainConfig, stage2: Stage2Config
         else:
             fitted = fit_segmenter(pseudo, val, segmenter, stage2, shown,
                                    {**summary, "stage1_model": str(stage1), "round": index,
-                                    "rounds": rounds})
+                                    "rounds": rounds},
+                                   first_stage=stage1 if index == rounds else None)
         labeller = segmenter
     return fitted
 
