@@ -40,7 +40,7 @@ def card_lines(record: dict) -> list[str]:
     ]
     if training:
         epochs = training.get("epochs") or config.get("epochs") or "?"
-        lines.append(f"Trained: {epochs} epochs, best epoch "
+        lines.append(f"Trained: {epochs} epoch{'' if epochs == 1 else 's'}, best epoch "
                      f"{training.get('best_epoch', '?')}, {training.get('train_tiles', '?')} "
                      f"tiles ({training.get('train_changed', '?')} changed), "
                      f"{training.get('seconds', '?')} s"

@@ -38,6 +38,21 @@ def test_text_card_names_what_a_user_needs() -> None:
     assert lines[2].startswith("Bands: 3 (")
     # the embedded segmenter is the second round's
     assert lines[5].endswith("round 2 of 2, on the pseudo labels of the round before")
+    epochs = read_card(default_model_path()).training["epochs"]
+    assert lines[5].startswith(f"Trained: {epochs} epochs, ")
+
+
+def test_one_epoch_is_not_plural(tmp_path: Path) -> None:
+    from kdmsi_core.checkpoint import ModelCard, save_checkpoint
+    from kdmsi_core.model import NetworkConfig, SiameseCAM
+    from kdmsi_core.normalize import Normalization
+
+    out = save_checkpoint(tmp_path / "m.safetensors", SiameseCAM(NetworkConfig()), ModelCard(
+        NetworkConfig(), Normalization.for_dtype("uint8", 3), 64, 0.2,
+        training={"epochs": 1, "best_epoch": 1}))
+    result = CliRunner().invoke(cli, ["info", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Trained: 1 epoch, best epoch 1," in result.output
 
 
 def test_a_file_that_is_no_model_is_one_error_line(tmp_path: Path) -> None:
