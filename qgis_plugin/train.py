@@ -23,6 +23,7 @@ from qgis.core import (
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
+    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
@@ -95,6 +96,10 @@ class TrainModelAlgorithm(KdmsiAlgorithm):
         "TILE_SIZE": "Side, in pixels, of the tiles sampled inside the label areas. "
                      f"Default: {DEFAULT_TILE_SIZE}.",
         "SAMPLES": f"Number of training tiles sampled. Default: {DEFAULT_SAMPLES}.",
+        "START_MODEL": "A model to refine instead of the default one: a file this algorithm "
+                       "wrote before (e.g. for a neighbouring area), or any kdmsi-geo model "
+                       "that carries its first stage. Its architecture is used. Default "
+                       "(empty): the default model.",
         "STAGES": "2: the KD-MSI network, then a segmentation network trained on its maps, "
                   "which outlines changes at full resolution, and a second one trained on "
                   "the first one's maps. 1: the KD-MSI network alone, in "
@@ -162,6 +167,10 @@ class TrainModelAlgorithm(KdmsiAlgorithm):
             advanced(QgsProcessingParameterNumber(
                 "SAMPLES", self.tr("Training tiles"), type=integer,
                 defaultValue=DEFAULT_SAMPLES, minValue=8)),
+            advanced(QgsProcessingParameterFile(
+                "START_MODEL", self.tr("Start from model (empty: the default model)"),
+                behavior=QgsProcessingParameterFile.File,
+                fileFilter="kdmsi-geo model (*.safetensors)", optional=True)),
             advanced(QgsProcessingParameterEnum(
                 "DEVICE", self.tr("Device"), options=DEVICES, defaultValue="auto",
                 usesStaticStrings=True)),
@@ -210,6 +219,9 @@ class TrainModelAlgorithm(KdmsiAlgorithm):
                        "--stages", str(stages)]
             if is_set(parameters.get("EPOCHS")):
                 command += ["--epochs", str(self.parameterAsInt(parameters, "EPOCHS", context))]
+            start = self.parameterAsFile(parameters, "START_MODEL", context)
+            if start:
+                command += ["--init", start]
             if is_set(parameters.get("TIME_BUDGET")):
                 minutes = self.parameterAsDouble(parameters, "TIME_BUDGET", context)
                 command += ["--time-budget", f"{minutes:g}"]

@@ -4,6 +4,8 @@ so that the tests stay quick; what training achieves is tested with the core).""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -25,7 +27,7 @@ TINY = {"EPOCHS": 1, "TILE_SIZE": 64, "SAMPLES": 48, "DEVICE": "cpu"}
 MODEL3 = "kdmsi:Train a model and detect changes"
 
 
-def test_trains_from_the_selected_drawn_areas(plugin, pair, qgis_new_project,
+def test_trains_from_the_selected_drawn_areas(plugin, pair, qgis_new_project, core_executable,
                                               tmp_path: Path) -> None:
     layer = drawn_layer(pair)
     # One more area with a value training cannot use: only a selection leaves it out.
@@ -76,6 +78,20 @@ def test_trains_from_the_selected_drawn_areas(plugin, pair, qgis_new_project,
     assert info["THRESHOLD"] == pytest.approx(result["THRESHOLD"])
     assert info["KIND"] == "segmenter" and info["TRAINING"]
     assert any(line.startswith("Bands: 3") for line in info_feedback.log)
+
+    # The new model carries its first stage, so a later run can refine it (e.g. with more
+    # areas) instead of the default model.
+    refined = tmp_path / "refined.safetensors"
+    feedback = RecordingFeedback()
+    processing.run(TRAIN, {
+        "T1": pair["t1"], "T2": pair["t2"], "CHANGED_FIELD": "is_change", **TINY,
+        "LABELS": QgsProcessingFeatureSourceDefinition(layer.id(), selectedFeaturesOnly=True),
+        "STAGES": "1", "START_MODEL": str(model), "OUTPUT": str(refined),
+    }, feedback=feedback)
+    assert f"--init {model}" in feedback.commands[-1]
+    card = json.loads(subprocess.run([core_executable, "info", str(refined), "--json"],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert card["training"]["start"] == str(model)
 
 
 def test_modelinfo_shows_the_default_model(plugin) -> None:
