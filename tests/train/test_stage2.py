@@ -242,8 +242,12 @@ def test_train_stages_2_end_to_end_and_resume(no_masks, tmp_path):
         return json.loads(result.output[result.output.index("{"):])["methods"]
 
     shutil.copytree(no_masks.parent / "masks", no_masks / "label")
+    # a segmenter written before they carried it: the first stage its card names
+    legacy = save_checkpoint(tmp_path / "legacy.safetensors", load_checkpoint(out).model,
+                             read_card(out))
     try:
         methods = methods_of(out)
+        named = methods_of(legacy)
         shutil.rmtree(work)
         from_file = methods_of(out)  # no intermediate results left: the carried one
     finally:
@@ -253,6 +257,9 @@ def test_train_stages_2_end_to_end_and_resume(no_masks, tmp_path):
     assert {"boundary_f1", "objects_hit", "objects_missed", "objects_false"} <= set(
         methods["msi"])
     assert from_file == methods  # the carried first stage, with or without the work folder
+    # the carried first stage runs in PyTorch, the named one in ONNX Runtime: near-equal
+    assert named["msi"] == methods["msi"]
+    assert named["stage1_msi"]["f1"] == pytest.approx(methods["stage1_msi"]["f1"], abs=0.01)
 
 
 @pytest.mark.slow
