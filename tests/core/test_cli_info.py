@@ -7,8 +7,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from kdmsi_core.checkpoint import default_model_path, read_card
+from kdmsi_core.checkpoint import ModelCard, default_model_path, read_card, save_checkpoint
 from kdmsi_core.cli.main import cli
+from kdmsi_core.model import NetworkConfig, SiameseCAM
+from kdmsi_core.normalize import Normalization
 
 
 def test_json_card_of_the_default_model() -> None:
@@ -43,10 +45,6 @@ def test_text_card_names_what_a_user_needs() -> None:
 
 
 def test_one_epoch_is_not_plural(tmp_path: Path) -> None:
-    from kdmsi_core.checkpoint import ModelCard, save_checkpoint
-    from kdmsi_core.model import NetworkConfig, SiameseCAM
-    from kdmsi_core.normalize import Normalization
-
     out = save_checkpoint(tmp_path / "m.safetensors", SiameseCAM(NetworkConfig()), ModelCard(
         NetworkConfig(), Normalization.for_dtype("uint8", 3), 64, 0.2,
         training={"epochs": 1, "best_epoch": 1}))
