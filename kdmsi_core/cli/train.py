@@ -82,8 +82,9 @@ def _strides(value: str) -> tuple[int, int, int, int]:
                    "alone, much faster, with coarser maps.")
 @click.option("--stage2-epochs", type=click.IntRange(1),
               help="With --stages 2: passes of the segmentation network over the tiles "
-                   "[default: as many as see the first stage's default pixel budget, at most "
-                   "5; longer, it learns the pseudo labels' blobs].")
+                   "[default: as many as see the first stage's default pixel budget, a third "
+                   "of it when the segmenter starts trained (--init default or a segmenter), "
+                   "at most 5; longer, it learns the pseudo labels' blobs].")
 @click.option("--rounds", default=2, show_default=True, type=click.IntRange(1, 5),
               help="With --stages 2: segmentation networks trained one after another, each "
                    "on pseudo labels from the maps of the one before (the first on the first "

@@ -22,6 +22,7 @@ from kdmsi_core.errors import OutputError
 from kdmsi_core.model import NetworkConfig, SiameseCAM
 from kdmsi_core.normalize import Normalization
 from kdmsi_core.segmenter import SiameseSegmenter
+from kdmsi_train import stage2
 from kdmsi_train.datasets import PairStore, TileFolder
 from kdmsi_train.pseudo import IGNORE, write_pseudo_labels
 from kdmsi_train.stage2 import (
@@ -61,6 +62,17 @@ def test_default_epochs_follow_the_first_stage_pixel_budget_up_to_the_cap():
         if 1 < epochs < MAX_EPOCHS:  # within half a pass of the budget
             assert abs(epochs * tiles * size ** 2 - DEFAULT_PIXELS) <= tiles * size ** 2 / 2
     assert Stage2Config(epochs=3).total_epochs(424, 256) == 3
+
+
+def test_a_trained_start_is_fine_tuned_on_a_third_of_the_pixels():
+    config = Stage2Config()
+    assert config.total_epochs(424, 256, trained=True) == 2
+    assert config.total_epochs(3968, 64, trained=True) == 3
+    assert config.total_epochs(156, 256, trained=True) == MAX_EPOCHS
+    assert config.total_epochs(20000, 256, trained=True) == 1
+    for tiles, size in ((424, 256), (3968, 64), (156, 256), (1696, 128), (20000, 256)):
+        assert config.total_epochs(tiles, size, trained=True) <= config.total_epochs(tiles, size)
+    assert Stage2Config(epochs=4).total_epochs(424, 256, trained=True) == 4
 
 
 def test_unsure_pixels_pull_lightly_towards_background():
@@ -170,6 +182,18 @@ def test_a_trained_start_is_kept_when_training_only_makes_it_worse(no_masks, tmp
     assert fitted.best_epoch == 0 and fitted.history[0]["epoch"] == 0
     weights = load_checkpoint(None).model.state_dict()
     assert all(torch.equal(v, weights[k]) for k, v in fitted.network.state_dict().items())
+
+
+def test_a_trained_start_trains_on_the_trained_budget(no_masks, tmp_path, monkeypatch):
+    pseudo = tmp_path / "pseudo"
+    write_pseudo_labels(no_masks, default_model_path(), pseudo, batch_size=8, device="cpu")
+    store = MaskedStore(pseudo)
+    pixels = len(store) * store.pairs.shape[1] ** 2
+    assert Stage2Config().total_epochs(len(store), store.pairs.shape[1]) == MAX_EPOCHS
+    monkeypatch.setattr(stage2, "TRAINED_PIXELS", pixels)  # one pass for a trained start
+    config = Stage2Config(start="default", batch_size=8, device="cpu")
+    fitted = train_segmenter(store, config, PairStore(TileFolder.open(no_masks, "val")))
+    assert [h["epoch"] for h in fitted.history] == [0, 1]
 
 
 @pytest.mark.slow
