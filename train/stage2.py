@@ -67,8 +67,8 @@ over the blobs of the pseudo labels wash them out. On the robustness sets two pa
 instead of five gained where five saw the most pixels (many-64, 3968 tiles of 64 px;
 suburb-256, 424 of 256 px) and lost where they saw fewer (small-256-nir, 156 of 256 px,
 0.510 -> 0.465 change F1); this budget keeps five passes on those. Against five (four)
-passes, over ten runs on four sets (two of them made after it was chosen): +1.3 +- 1.5
-points of change F1, up in eight; many-64 from 0.485 to 0.513 over three seeds, above the
+passes, over eleven runs on four sets (two of them made after it was chosen): +1.3 +- 1.5
+points of change F1, up in nine; many-64 from 0.485 to 0.513 over three seeds, above the
 embedded model's 0.501 with each."""
 UNSURE_WEIGHT = 0.2
 """Weight of the "not sure" pixels (255), as background, in the loss. They ring each change
