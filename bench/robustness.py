@@ -4,10 +4,10 @@ Generates eight tile sets that differ in tile size (64/128/256), training tiles 
 to 4000), share of changed pixels and tiles, bands (3 or 4), bit depth (8 or 16), pixel size
 and change rate, with seeds the embedded model's recipe never used. The last two were added
 after the defaults were chosen on the first six, to check them on sets they were not read
-off. Each is trained with
-plain ``kdmsi-geo train DATA -o m.safetensors [--seed S]`` (plus ``--train-args`` to try a
-lever), and the test split's MSI change F1 is printed beside the embedded model used as it
-is (zero-shot, on the RGB bands of 4-band sets) and beside "everything changed".
+off. Each is trained with plain ``kdmsi-geo train DATA -o m.safetensors [--seed S]`` (plus
+``--train-args`` to try a lever), and the test split's MSI change F1 is printed beside the
+embedded model used as it is (zero-shot, on the RGB bands of 4-band sets) and beside
+"everything changed".
 
 Targets: on every set trained F1 >= zero-shot F1 and >= 3x the all-changed F1; mean >= 0.60.
 
