@@ -171,23 +171,27 @@ def test_the_second_stage_starts_from_the_segmenter_its_first_stage_came_in(tmp_
     assert not trained  # another fusion: a new segmenter
 
 
-def test_a_trained_start_is_kept_when_training_only_makes_it_worse(no_masks, tmp_path):
-    pseudo = tmp_path / "pseudo"
+@pytest.fixture(scope="module")
+def embedded_pseudo(no_masks, tmp_path_factory):
+    """Pseudo labels of the toy set from the embedded model's maps (read only by the tests)."""
+    pseudo = tmp_path_factory.mktemp("embedded") / "pseudo"
     write_pseudo_labels(no_masks, default_model_path(), pseudo, batch_size=8, device="cpu")
+    return pseudo
+
+
+def test_a_trained_start_is_kept_when_training_only_makes_it_worse(no_masks, embedded_pseudo):
     val = PairStore(TileFolder.open(no_masks, "val"))
     # A rate this high wrecks the network at the first step: selection must keep the start.
     config = Stage2Config(start=str(default_model_path()), epochs=2, batch_size=8, lr=50.0,
                           optimizer="sgd", device="cpu")
-    fitted = train_segmenter(MaskedStore(pseudo), config, val)
+    fitted = train_segmenter(MaskedStore(embedded_pseudo), config, val)
     assert fitted.best_epoch == 0 and fitted.history[0]["epoch"] == 0
     weights = load_checkpoint(None).model.state_dict()
     assert all(torch.equal(v, weights[k]) for k, v in fitted.network.state_dict().items())
 
 
-def test_a_trained_start_trains_on_the_trained_budget(no_masks, tmp_path, monkeypatch):
-    pseudo = tmp_path / "pseudo"
-    write_pseudo_labels(no_masks, default_model_path(), pseudo, batch_size=8, device="cpu")
-    store = MaskedStore(pseudo)
+def test_a_trained_start_trains_on_the_trained_budget(no_masks, embedded_pseudo, monkeypatch):
+    store = MaskedStore(embedded_pseudo)
     pixels = len(store) * store.pairs.shape[1] ** 2
     assert Stage2Config().total_epochs(len(store), store.pairs.shape[1]) == MAX_EPOCHS
     monkeypatch.setattr(stage2, "TRAINED_PIXELS", pixels)  # one pass for a trained start
