@@ -26,6 +26,7 @@ from kdmsi_train import stage2
 from kdmsi_train.datasets import PairStore, TileFolder
 from kdmsi_train.pseudo import IGNORE, write_pseudo_labels
 from kdmsi_train.stage2 import (
+    IMAGE_WEIGHT,
     MAX_EPOCHS,
     UNSURE_WEIGHT,
     MaskedStore,
@@ -33,11 +34,13 @@ from kdmsi_train.stage2 import (
     augment,
     beats_last,
     build_segmenter,
+    image_bce,
     masked_bce,
     mosaic,
     mosaic_factor,
     prior_share,
     start_at_prior,
+    tile_logits,
     train_segmenter,
 )
 from kdmsi_train.stages import ROUNDS, segmenter_start, stage2_config
@@ -122,6 +125,31 @@ def test_small_tiles_are_trained_in_mosaics_that_keep_each_tile_with_its_labels(
     assert mosaic(a, b, m, 1)[0] is a
 
 
+def test_tile_logits_take_mosaics_apart_in_the_order_of_the_tiles():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (8, 3, 16, 24), dtype=np.uint8)
+    m = rng.integers(0, 2, (8, 16, 24), dtype=np.uint8)
+    z = mosaic(a, a, m, 2)[2]
+    assert np.array_equal(tile_logits(torch.from_numpy(z[:, None].astype(np.float32)), 2), m)
+    one = torch.randn(3, 1, 8, 8)
+    assert torch.equal(tile_logits(one, 1), one[:, 0])
+
+
+def test_the_image_term_moves_only_each_pairs_most_change_like_cell():
+    logits = torch.full((2, 8, 8), -3.0)
+    logits[:, 4:8, 0:4] = 1.0  # the peak 4x4 cell of both pairs
+    logits.requires_grad_(True)
+    loss = image_bce(logits, torch.tensor([1.0, 0.0]))
+    assert loss.item() == pytest.approx(
+        (np.log1p(np.exp(-1.0)) + np.log1p(np.exp(1.0))) / 2, rel=1e-5)
+    loss.backward()
+    grad = logits.grad.clone()
+    assert (grad[0, 4:8, 0:4] < 0).all()  # changed pair: its peak is raised
+    assert (grad[1, 4:8, 0:4] > 0).all()  # unchanged pair: its peak is lowered
+    grad[:, 4:8, 0:4] = 0
+    assert not grad.any()
+
+
 def test_segmenter_starts_at_the_share_of_change():
     torch.manual_seed(0)
     net = SiameseSegmenter(NetworkConfig()).eval()
@@ -200,6 +228,29 @@ def test_a_trained_start_trains_on_the_trained_budget(no_masks, embedded_pseudo,
     assert [h["epoch"] for h in fitted.history] == [0, 1]
 
 
+def test_the_image_term_sees_each_trained_tile_with_its_image_label(
+        no_masks, embedded_pseudo, monkeypatch):
+    store = MaskedStore(embedded_pseudo)
+    seen = []
+
+    def spy(logits, labels):
+        seen.append((logits.shape, labels.tolist()))
+        return image_bce(logits, labels)
+
+    monkeypatch.setattr(stage2, "image_bce", spy)
+    config = Stage2Config(start="default", epochs=1, batch_size=8, device="cpu",
+                          image_weight=0.1, augment=False)
+    train_segmenter(store, config)
+    size = store.pairs.shape[1]
+    assert len(seen) == len(store) // 8
+    assert all(shape == (8, size, size) for shape, _ in seen)
+    labels = [y for _, batch in seen for y in batch]
+    truth = store.pairs.labels.tolist()
+    assert len(labels) == len(store) // 8 * 8  # each step's tiles, each with its label
+    assert labels.count(1.0) <= truth.count(1.0) and labels.count(0.0) <= truth.count(0.0)
+    assert 0 < sum(labels) < len(labels)
+
+
 @pytest.mark.slow
 def test_train_stages_2_end_to_end_and_resume(no_masks, tmp_path):
     out = tmp_path / "m.safetensors"
@@ -214,6 +265,7 @@ def test_train_stages_2_end_to_end_and_resume(no_masks, tmp_path):
     assert card.threshold >= prior_share(card.training["pseudo_labels"]["fractions"])
     assert "share of change among the labelled pseudo-label pixels" in card.threshold_rule
     assert card.training["config"]["unsure_weight"] == UNSURE_WEIGHT  # the loss is recorded
+    assert card.training["config"]["image_weight"] == IMAGE_WEIGHT > 0
     assert isinstance(load_checkpoint(out).model, SiameseSegmenter)
     work = tmp_path / "m.stages"
     stage1, pseudo = work / "stage1.safetensors", work / "pseudo" / "pseudo.json"
