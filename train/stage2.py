@@ -83,7 +83,7 @@ IMAGE_WEIGHT = 0.1
 labels place change in only part of the changed pairs and miss many small changes, which
 then count as background; the image labels still say that every changed pair holds change
 somewhere and every unchanged one none. Chosen once, before measuring. On the robustness
-sets, 15 runs on eight sets from a trained start: +2.0 +- 3.2 points of change F1, up in 13;
+sets, 16 runs on eight sets from a trained start: +1.9 +- 3.1 points of change F1, up in 14;
 the two losses (coarse-1m-128) came from a higher threshold, not a worse map (test masks
 read for that report only; README, *The image labels train the segmenter too*)."""
 MOSAIC_SIDE = 256
