@@ -83,8 +83,8 @@ IMAGE_WEIGHT = 0.1
 labels place change in only part of the changed pairs and miss many small changes, which
 then count as background; the image labels still say that every changed pair holds change
 somewhere and every unchanged one none. Chosen once, before measuring. On the robustness
-sets, 16 runs on eight sets from a trained start: +1.9 +- 3.1 points of change F1, up in 14;
-the two losses (coarse-1m-128) came from a higher threshold, not a worse map (test masks
+sets, 19 runs on eight sets from a trained start: +1.2 +- 4.0 points of change F1, up in 16;
+the three losses (coarse-1m-128) came from a higher threshold, not a worse map (test masks
 read for that report only; README, *The image labels train the segmenter too*)."""
 MOSAIC_SIDE = 256
 """Tiles smaller than this are trained in square mosaics of up to this side (as many tiles
