@@ -235,14 +235,19 @@ def tile_logits(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.reshape(j, k, h, k, w).permute(0, 1, 3, 2, 4).reshape(j * k * k, h, w)
 
 
+def cell_peaks(maps: torch.Tensor) -> torch.Tensor:
+    """Each (N, 1, H, W) map's highest :data:`PEAK_CELL` x :data:`PEAK_CELL` cell mean, so
+    that one stray pixel does not make a pair changed."""
+    return F.avg_pool2d(maps, PEAK_CELL, ceil_mode=True).amax(dim=(1, 2, 3))
+
+
 def image_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """BCE of each tile's peak 4x4-cell mean logit against its image label: the most
-    change-like cell of a changed pair is pulled up, that of an unchanged pair down. It is
-    what validation scores, and it reaches the changed pairs whose pseudo label is all
-    "not sure" (the first stage placed nothing there) and the unchanged pairs' strongest
-    false alarms, which the pixel loss averages away."""
-    peaks = F.avg_pool2d(logits[:, None], PEAK_CELL, ceil_mode=True).amax(dim=(1, 2, 3))
-    return F.binary_cross_entropy_with_logits(peaks, labels)
+    change-like cell of a changed pair is pulled up, that of an unchanged pair down. The
+    cells are those validation scores, and the term reaches the changed pairs whose pseudo
+    label is all "not sure" (the first stage placed nothing there) and the unchanged pairs'
+    strongest false alarms, which the pixel loss averages away."""
+    return F.binary_cross_entropy_with_logits(cell_peaks(logits[:, None]), labels)
 
 
 def peak_scores(network: torch.nn.Module, store: PairStore, norm: Normalization,
@@ -252,8 +257,7 @@ def peak_scores(network: torch.nn.Module, store: PairStore, norm: Normalization,
     peaks = np.empty(len(store))
     with torch.inference_mode():
         for idx, x1, x2 in iter_batches(store, norm, device, batch_size):
-            p = F.avg_pool2d(torch.sigmoid(network(x1, x2).float()), PEAK_CELL, ceil_mode=True)
-            peaks[idx] = p.amax(dim=(1, 2, 3)).cpu().numpy()
+            peaks[idx] = cell_peaks(torch.sigmoid(network(x1, x2).float())).cpu().numpy()
     return peaks
 
 
