@@ -27,7 +27,8 @@ their size (:func:`kdmsi_train.stage2.calibrate` says why).
 
 On the robustness benchmark's sets this rule came closer to the best threshold than the
 former max(Otsu on changed pairs, 0.998 pixel quantile of unchanged pairs), which failed
-outright where the labels miss slivers.
+outright where the labels miss slivers (README, *Threshold without pixel labels*, with the
+figures of the confidence bound).
 
 Probabilities are accumulated in 1000-bin histograms and peaks one number per pair, batch
 by batch, so calibration never holds the maps in memory.
