@@ -28,6 +28,7 @@ from kdmsi_train.pseudo import IGNORE, write_pseudo_labels
 from kdmsi_train.stage2 import (
     IMAGE_WEIGHT,
     MAX_EPOCHS,
+    STAGE2_SCALES,
     UNSURE_WEIGHT,
     MaskedStore,
     Stage2Config,
@@ -260,7 +261,7 @@ def test_train_stages_2_end_to_end_and_resume(no_masks, tmp_path):
     card = read_card(out)
     assert card.kind == "segmenter" and card.tile_size == 64
     assert card.training["pseudo_labels"]["t_high"] >= card.training["pseudo_labels"]["t_low"]
-    assert 0 < card.threshold < 1 and card.scales == (0.75, 1.0, 1.25)
+    assert 0 < card.threshold < 1 and card.scales == STAGE2_SCALES
     # clipped below at the pseudo labels' share of change, not at the first stage's floor
     assert card.threshold >= prior_share(card.training["pseudo_labels"]["fractions"])
     assert "share of change among the labelled pseudo-label pixels" in card.threshold_rule
