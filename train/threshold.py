@@ -47,10 +47,13 @@ CONFIDENCE = 0.9
 T_MIN, T_MAX = 0.05, 0.95
 
 
-def rule(floor: str = f"{T_MIN}") -> str:
-    """The rule in words, for model cards, with its lower clip ``floor``."""
+def rule(floor: str = f"{T_MIN}", cell: int | None = None) -> str:
+    """The rule in words, for model cards, with its lower clip ``floor`` and, when given,
+    the side of the squares whose peaks unchanged pairs give (:class:`Histograms`)."""
+    unchanged = (f"the {cell}-px squares of the pairs labelled unchanged" if cell
+                 else "the pairs labelled unchanged")
     return (f"max(lower {CONFIDENCE:.0%} confidence bound of the {1 - PAIR_FALSE_ALARM:g} "
-            "quantile of the peak probabilities of the pairs labelled unchanged, midpoint of "
+            f"quantile of the peak probabilities of {unchanged}, midpoint of "
             "the median peaks of unchanged and changed pairs) (Otsu on changed pairs without "
             f"unchanged ones), clipped to [{floor}, {T_MAX}]; image-level labels only")
 
@@ -60,12 +63,18 @@ RULE = rule()
 
 @dataclass
 class Histograms:
-    """Probability histograms of changed and unchanged pairs, and each pair's peak."""
+    """Probability histograms of changed and unchanged pairs, and each pair's peak.
+
+    With ``cell``, an unchanged pair gives the peak of each square of about ``cell`` pixels
+    that tiles its map (:func:`square_peaks`) instead of its own, so that "one unchanged
+    pair in ten" means the same area whatever the tile size; changed pairs still give one
+    peak each."""
 
     changed: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))
     unchanged: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))
     unchanged_peaks: list[float] = field(default_factory=list)
     changed_peaks: list[float] = field(default_factory=list)
+    cell: int | None = None
 
     def update(self, maps: np.ndarray, labels: np.ndarray) -> None:
         for m, y in zip(maps, labels, strict=True):
@@ -76,7 +85,17 @@ class Histograms:
                 self.changed_peaks.append(float(np.max(m)))
             else:
                 self.unchanged += h
-                self.unchanged_peaks.append(float(np.max(m)))
+                self.unchanged_peaks.extend(square_peaks(m, self.cell) if self.cell
+                                            else [float(np.max(m))])
+
+
+def square_peaks(m: np.ndarray, cell: int) -> list[float]:
+    """The peak of each of the squares of about ``cell`` pixels that tile the last two axes
+    of ``m`` (round(side / cell) per axis, at least one)."""
+    rows = max(1, round(m.shape[-2] / cell))
+    cols = max(1, round(m.shape[-1] / cell))
+    return [float(np.max(part)) for band in np.array_split(m, rows, axis=-2)
+            for part in np.array_split(band, cols, axis=-1)]
 
 
 def otsu(hist: np.ndarray) -> float:

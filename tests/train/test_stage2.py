@@ -29,6 +29,7 @@ from kdmsi_train.stage2 import (
     IMAGE_WEIGHT,
     MAX_EPOCHS,
     STAGE2_SCALES,
+    UNCHANGED_SQUARE,
     UNSURE_WEIGHT,
     MaskedStore,
     Stage2Config,
@@ -265,6 +266,7 @@ def test_train_stages_2_end_to_end_and_resume(no_masks, tmp_path):
     # clipped below at the pseudo labels' share of change, not at the first stage's floor
     assert card.threshold >= prior_share(card.training["pseudo_labels"]["fractions"])
     assert "share of change among the labelled pseudo-label pixels" in card.threshold_rule
+    assert f"{UNCHANGED_SQUARE}-px squares of the pairs labelled unchanged" in card.threshold_rule
     assert card.training["config"]["unsure_weight"] == UNSURE_WEIGHT  # the loss is recorded
     assert card.training["config"]["image_weight"] == IMAGE_WEIGHT > 0
     assert isinstance(load_checkpoint(out).model, SiameseSegmenter)

@@ -111,3 +111,35 @@ def test_threshold_stays_off_the_halo_of_a_model_with_empty_unchanged_maps():
     t = threshold.calibrate(h)
     assert t == pytest.approx((np.median(h.unchanged_peaks) + 0.9) / 2)
     assert 0.3 < t < 0.9  # the change, not its halo
+
+
+def test_square_peaks_tile_the_map():
+    m = np.zeros((1, 256, 256))
+    m[0, 70, 200] = 0.8  # row square 1, column square 3
+    peaks = threshold.square_peaks(m, 64)
+    assert len(peaks) == 16 and peaks[1 * 4 + 3] == 0.8 and sorted(peaks)[-2] == 0.0
+    assert len(threshold.square_peaks(m[:, :64, :64], 64)) == 1
+    assert len(threshold.square_peaks(m[:, :100, :40], 64)) == 2  # round(100/64) x 1
+
+
+def test_unchanged_squares_make_the_rule_the_same_at_every_tile_size():
+    """The same unchanged ground cut into 256-px tiles (peaks per 64-px square) or into
+    64-px tiles gives the same threshold; one peak per 256-px tile gives a higher one, as
+    each tile's peak is the highest of sixteen squares'."""
+    rng = np.random.default_rng(5)
+    big = rng.beta(1, 30, (12, 256, 256)) ** 0.5
+    changed = rng.uniform(0, 0.2, (30, 64, 64))
+    changed[:, 20:40, 20:40] = rng.uniform(0.6, 1.0, (30, 1, 1))
+    squares, small, whole = (threshold.Histograms(cell=64), threshold.Histograms(),
+                             threshold.Histograms())
+    for h in (squares, small, whole):
+        h.update(changed, np.ones(len(changed)))
+    squares.update(big, np.zeros(len(big)))
+    whole.update(big, np.zeros(len(big)))
+    pieces = big.reshape(12, 4, 64, 4, 64).transpose(0, 1, 3, 2, 4).reshape(-1, 64, 64)
+    small.update(pieces, np.zeros(len(pieces)))
+    assert sorted(squares.unchanged_peaks) == sorted(small.unchanged_peaks)
+    assert len(squares.changed_peaks) == len(changed)
+    assert threshold.calibrate(squares) == threshold.calibrate(small)
+    assert threshold.calibrate(whole) > threshold.calibrate(squares)
+    assert "64-px squares of the pairs labelled unchanged" in threshold.rule("0.01", 64)
