@@ -435,7 +435,7 @@ def calibrate(network: torch.nn.Module, store: PairStore, norm: Normalization,
     pairs, and the eight segmenters fine-tuned from it), the threshold came 2.0 points of
     change F1 below the best in hindsight on average, against 5.3 with one peak per pair
     (test masks read for that report only; README)."""
-    hist = threshold.Histograms(cell=UNCHANGED_SQUARE)
+    hist = threshold.Histograms(square=UNCHANGED_SQUARE)
     for idx, maps in iter_maps(network, store, norm, device, "msi", scales, batch_size):
         hist.update(maps, store.labels[idx])
     return threshold.calibrate(hist, floor)

@@ -47,14 +47,15 @@ CONFIDENCE = 0.9
 T_MIN, T_MAX = 0.05, 0.95
 
 
-def rule(floor: str = f"{T_MIN}", cell: int | None = None) -> str:
+def rule(floor: str = f"{T_MIN}", square: int | None = None) -> str:
     """The rule in words, for model cards, with its lower clip ``floor`` and, when given,
     the side of the squares whose peaks unchanged pairs give (:class:`Histograms`)."""
-    unchanged = (f"the {cell}-px squares of the pairs labelled unchanged" if cell
-                 else "the pairs labelled unchanged")
+    unchanged, median = ((f"the {square}-px squares of the pairs labelled unchanged",
+                          "those squares") if square
+                         else ("the pairs labelled unchanged", "unchanged"))
     return (f"max(lower {CONFIDENCE:.0%} confidence bound of the {1 - PAIR_FALSE_ALARM:g} "
             f"quantile of the peak probabilities of {unchanged}, midpoint of "
-            "the median peaks of unchanged and changed pairs) (Otsu on changed pairs without "
+            f"the median peaks of {median} and changed pairs) (Otsu on changed pairs without "
             f"unchanged ones), clipped to [{floor}, {T_MAX}]; image-level labels only")
 
 
@@ -65,7 +66,7 @@ RULE = rule()
 class Histograms:
     """Probability histograms of changed and unchanged pairs, and each pair's peak.
 
-    With ``cell``, an unchanged pair gives the peak of each square of about ``cell`` pixels
+    With ``square``, an unchanged pair gives the peak of each square of about ``square`` pixels
     that tiles its map (:func:`square_peaks`) instead of its own, so that "one unchanged
     pair in ten" means the same area whatever the tile size; changed pairs still give one
     peak each."""
@@ -74,7 +75,7 @@ class Histograms:
     unchanged: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))
     unchanged_peaks: list[float] = field(default_factory=list)
     changed_peaks: list[float] = field(default_factory=list)
-    cell: int | None = None
+    square: int | None = None
 
     def update(self, maps: np.ndarray, labels: np.ndarray) -> None:
         for m, y in zip(maps, labels, strict=True):
@@ -85,15 +86,15 @@ class Histograms:
                 self.changed_peaks.append(float(np.max(m)))
             else:
                 self.unchanged += h
-                self.unchanged_peaks.extend(square_peaks(m, self.cell) if self.cell
+                self.unchanged_peaks.extend(square_peaks(m, self.square) if self.square
                                             else [float(np.max(m))])
 
 
-def square_peaks(m: np.ndarray, cell: int) -> list[float]:
-    """The peak of each of the squares of about ``cell`` pixels that tile the last two axes
-    of ``m`` (round(side / cell) per axis, at least one)."""
-    rows = max(1, round(m.shape[-2] / cell))
-    cols = max(1, round(m.shape[-1] / cell))
+def square_peaks(m: np.ndarray, side: int) -> list[float]:
+    """The peak of each of the squares of about ``side`` pixels that tile the last two axes
+    of ``m`` (round(length / side) per axis, at least one)."""
+    rows = max(1, round(m.shape[-2] / side))
+    cols = max(1, round(m.shape[-1] / side))
     return [float(np.max(part)) for band in np.array_split(m, rows, axis=-2)
             for part in np.array_split(band, cols, axis=-1)]
 

@@ -130,7 +130,7 @@ def test_unchanged_squares_make_the_rule_the_same_at_every_tile_size():
     big = rng.beta(1, 30, (12, 256, 256)) ** 0.5
     changed = rng.uniform(0, 0.2, (30, 64, 64))
     changed[:, 20:40, 20:40] = rng.uniform(0.6, 1.0, (30, 1, 1))
-    squares, small, whole = (threshold.Histograms(cell=64), threshold.Histograms(),
+    squares, small, whole = (threshold.Histograms(square=64), threshold.Histograms(),
                              threshold.Histograms())
     for h in (squares, small, whole):
         h.update(changed, np.ones(len(changed)))
