@@ -23,12 +23,16 @@ validation split holds a few dozen unchanged pairs, whose sample 0.9 quantile is
 their two to four highest peaks, so that a few stray peaks set it; the bound raises the
 threshold above the midpoint only as far as the pairs show with confidence, and with
 hundreds of pairs it is all but the sample quantile. Pairs count one by one whatever
-their size (:func:`kdmsi_train.stage2.calibrate` says why).
+their size (:func:`kdmsi_train.stage2.histograms` says why).
 
 On the robustness benchmark's sets this rule came closer to the best threshold than the
 former max(Otsu on changed pairs, 0.998 pixel quantile of unchanged pairs), which failed
 outright where the labels miss slivers (README, *Threshold without pixel labels*, with the
 figures of the confidence bound).
+
+A segmenter fine-tuned from a trained one is thresholded otherwise, without labels: it
+flags as many pixels as its start flags at the start's own threshold (:func:`matching`;
+:func:`kdmsi_train.stage2.matched_threshold` says why).
 
 Probabilities are accumulated in 1000-bin histograms and peaks one number per pair, batch
 by batch, so calibration never holds the maps in memory.
@@ -97,6 +101,25 @@ def square_peaks(m: np.ndarray, side: int) -> list[float]:
     cols = max(1, round(m.shape[-1] / side))
     return [float(np.max(part)) for band in np.array_split(m, rows, axis=-2)
             for part in np.array_split(band, cols, axis=-1)]
+
+
+def share_above(hist: np.ndarray, t: float) -> float:
+    """The share of a histogram's mass at or above ``t``."""
+    total = hist.sum()
+    return float(hist[min(BINS - 1, int(t * BINS)):].sum() / total) if total else 0.0
+
+
+def matching(hist: np.ndarray, share: float, floor: float = T_MIN) -> float:
+    """The threshold above which a ``share`` of the histogram's mass lies, clipped to
+    [floor, T_MAX]: the one that flags as many pixels as another map flags at its own."""
+    return float(np.clip(quantile(hist, 1 - share), floor, T_MAX))
+
+
+def matched_rule(floor: str, share: float, start_threshold: float, split: str) -> str:
+    """:func:`matching`'s rule in words, for model cards."""
+    return (f"flags the same share of the {split} split's pixels ({share:.3%}) as the "
+            f"starting segmenter flags there at its own threshold ({start_threshold:.3f}), "
+            f"clipped to [{floor}, {T_MAX}]; no labels read")
 
 
 def otsu(hist: np.ndarray) -> float:

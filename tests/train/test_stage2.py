@@ -20,10 +20,10 @@ from kdmsi_core.checkpoint import (
 from kdmsi_core.cli.main import cli
 from kdmsi_core.errors import OutputError
 from kdmsi_core.model import NetworkConfig, SiameseCAM
-from kdmsi_core.normalize import Normalization
+from kdmsi_core.normalize import Normalization, for_data
 from kdmsi_core.segmenter import SiameseSegmenter
-from kdmsi_train import stage2
-from kdmsi_train.datasets import PairStore, TileFolder
+from kdmsi_train import stage2, threshold
+from kdmsi_train.datasets import PairStore, TileFolder, sample_values
 from kdmsi_train.pseudo import IGNORE, write_pseudo_labels
 from kdmsi_train.stage2 import (
     IMAGE_WEIGHT,
@@ -36,6 +36,8 @@ from kdmsi_train.stage2 import (
     augment,
     beats_last,
     build_segmenter,
+    fit_segmenter,
+    histograms,
     image_bce,
     masked_bce,
     mosaic,
@@ -220,6 +222,41 @@ def test_a_trained_start_is_kept_when_training_only_makes_it_worse(no_masks, emb
     assert all(torch.equal(v, weights[k]) for k, v in fitted.network.state_dict().items())
 
 
+def test_a_fine_tuned_segmenter_flags_as_much_as_its_start(no_masks, embedded_pseudo,
+                                                              tmp_path):
+    """Its threshold flags the share of validation pixels that the start flags at its own;
+    a start that no epoch beats comes back with its own threshold."""
+    val = PairStore(TileFolder.open(no_masks, "val"))
+    start = load_checkpoint(None)
+
+    def flagged(model, t):
+        norm = for_data(model.card.normalization, sample_values(val))
+        h = histograms(model.model, val, norm, torch.device("cpu"), model.card.scales, 8)
+        return threshold.share_above(h.changed + h.unchanged, t)
+
+    share = flagged(start, start.card.threshold)
+    assert 0 < share < 0.5
+    tuned = Stage2Config(start="default", epochs=1, batch_size=8, lr=1e-2, device="cpu")
+    fitted = fit_segmenter(embedded_pseudo, val, tmp_path / "tuned.safetensors", tuned)
+    assert fitted.best_epoch == 1 and fitted.card.threshold != start.card.threshold
+    assert fitted.card.training["start_flagged_share"] == pytest.approx(share)
+    assert flagged(load_checkpoint(fitted.path), fitted.card.threshold) == pytest.approx(
+        share, abs=2e-3)
+    assert "as the starting segmenter flags there" in fitted.card.threshold_rule
+    assert 0 < fitted.card.training["threshold_image_rule"] < 1  # the rule's, for comparison
+    wrecked = Stage2Config(start="default", epochs=1, batch_size=8, lr=50.0, optimizer="sgd",
+                           device="cpu")
+    kept = fit_segmenter(embedded_pseudo, val, tmp_path / "kept.safetensors", wrecked)
+    assert kept.best_epoch == 0
+    assert kept.card.threshold == pytest.approx(start.card.threshold, abs=1e-3)
+    new = fit_segmenter(embedded_pseudo, val, tmp_path / "new.safetensors",
+                        Stage2Config(epochs=1, batch_size=8, device="cpu"))
+    assert new.card.training["start_flagged_share"] is None  # no trained start: the rule
+    assert new.card.threshold == pytest.approx(new.card.training["threshold_image_rule"], abs=1e-4)
+    assert f"{UNCHANGED_SQUARE}-px squares of the pairs labelled unchanged" in \
+        new.card.threshold_rule
+
+
 def test_a_trained_start_trains_on_the_trained_budget(no_masks, embedded_pseudo, monkeypatch):
     store = MaskedStore(embedded_pseudo)
     pixels = len(store) * store.pairs.shape[1] ** 2
@@ -266,7 +303,9 @@ def test_train_stages_2_end_to_end_and_resume(no_masks, tmp_path):
     # clipped below at the pseudo labels' share of change, not at the first stage's floor
     assert card.threshold >= prior_share(card.training["pseudo_labels"]["fractions"])
     assert "share of change among the labelled pseudo-label pixels" in card.threshold_rule
-    assert f"{UNCHANGED_SQUARE}-px squares of the pairs labelled unchanged" in card.threshold_rule
+    # from the embedded segmenter (--init default): the start's share of flagged pixels
+    assert "as the starting segmenter flags there" in card.threshold_rule
+    assert card.training["start_flagged_share"] > 0
     assert card.training["config"]["unsure_weight"] == UNSURE_WEIGHT  # the loss is recorded
     assert card.training["config"]["image_weight"] == IMAGE_WEIGHT > 0
     assert isinstance(load_checkpoint(out).model, SiameseSegmenter)

@@ -143,3 +143,18 @@ def test_unchanged_squares_make_the_rule_the_same_at_every_tile_size():
     assert threshold.calibrate(squares) == threshold.calibrate(small)
     assert threshold.calibrate(whole) > threshold.calibrate(squares)
     assert "64-px squares of the pairs labelled unchanged" in threshold.rule("0.01", 64)
+
+
+def test_matching_flags_the_share_another_map_flags():
+    rng = np.random.default_rng(7)
+    start = np.bincount((rng.beta(1, 12, 200_000) * threshold.BINS).astype(int),
+                        minlength=threshold.BINS)
+    share = threshold.share_above(start, 0.454)
+    sure = np.bincount((rng.beta(1, 4, 200_000) * threshold.BINS).astype(int),
+                       minlength=threshold.BINS)  # the same data, a surer map
+    t = threshold.matching(sure, share)
+    assert t > 0.454 and threshold.share_above(sure, t) == pytest.approx(share, abs=2e-4)
+    assert threshold.matching(start, share) == pytest.approx(0.454)
+    assert threshold.matching(sure, 0.9, floor=0.2) == 0.2  # clipped to [floor, T_MAX]
+    assert threshold.matching(sure, 1e-9) == threshold.T_MAX
+    assert "(1.500%)" in threshold.matched_rule("0.01", 0.015, 0.454, "val")
