@@ -4,6 +4,7 @@ resuming from kept intermediate results."""
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from kdmsi_train.stage2 import (
     IMAGE_WEIGHT,
     MAX_EPOCHS,
     STAGE2_SCALES,
+    START_WEIGHT,
     UNCHANGED_SQUARE,
     UNSURE_WEIGHT,
     MaskedStore,
@@ -255,6 +257,23 @@ def test_a_fine_tuned_segmenter_flags_as_much_as_its_start(no_masks, embedded_ps
     assert new.card.threshold == pytest.approx(new.card.training["threshold_image_rule"], abs=1e-4)
     assert f"{UNCHANGED_SQUARE}-px squares of the pairs labelled unchanged" in \
         new.card.threshold_rule
+
+
+def test_fine_tuning_returns_the_average_of_the_start_and_the_tuned_weights(
+        no_masks, embedded_pseudo):
+    store, val = MaskedStore(embedded_pseudo), PairStore(TileFolder.open(no_masks, "val"))
+    config = Stage2Config(start="default", epochs=1, batch_size=8, lr=1e-2, device="cpu")
+    tuned = train_segmenter(store, replace(config, start_weight=0.0), val)
+    half = train_segmenter(store, config, val)
+    assert config.start_weight == START_WEIGHT == 0.5 and half.best_epoch == tuned.best_epoch == 1
+    start = load_checkpoint(None).model.state_dict()
+    mine, theirs = half.network.state_dict(), tuned.network.state_dict()
+    assert not torch.allclose(theirs["classifier.weight"], start["classifier.weight"])
+    for name, value in mine.items():  # weights and BatchNorm statistics alike
+        if value.is_floating_point():
+            assert torch.allclose(value, (theirs[name] + start[name]) / 2, atol=1e-6), name
+        else:
+            assert torch.equal(value, theirs[name])
 
 
 def test_a_trained_start_trains_on_the_trained_budget(no_masks, embedded_pseudo, monkeypatch):
