@@ -6,7 +6,8 @@ single scale and the student with MSI, on the held-back test scenes of the train
 and on freshly generated scenes, for the run the recipe keeps; then one line per training
 seed (validation AUC, which chooses, and MSI F1), so the spread between runs shows; then the
 second stage's rounds (the segmenter trained on the kept student's pseudo labels, then each
-on the previous one's) beside the first stage, with boundary F1 and object counts.
+on the previous one's, the last ones fine-tuning the segmenter before them) beside the first
+stage, with boundary F1 and object counts.
 
     python bench/accuracy.py [--epochs N] [--scenes N] [--seeds 0,1]
 """

@@ -11,7 +11,7 @@ from kdmsi_core.checkpoint import ModelCard, default_model_path, read_card, save
 from kdmsi_core.cli.main import cli
 from kdmsi_core.model import NetworkConfig, SiameseCAM
 from kdmsi_core.normalize import Normalization
-from kdmsi_train.recipe import RECIPE_ROUNDS
+from kdmsi_train.recipe import FINETUNE_ROUNDS, RECIPE_ROUNDS
 
 
 def test_json_card_of_the_default_model() -> None:
@@ -39,8 +39,9 @@ def test_text_card_names_what_a_user_needs() -> None:
         "Model", "Kind", "Bands", "Tile size", "Threshold", "Trained",
         "Carries its first stage"]
     assert lines[2].startswith("Bands: 3 (")
-    # the embedded segmenter is the recipe's last round's
-    assert lines[5].endswith(f"round {RECIPE_ROUNDS} of {RECIPE_ROUNDS}, on the pseudo labels "
+    # the embedded segmenter is the recipe's last round's: its last fine-tuning round
+    rounds = RECIPE_ROUNDS + FINETUNE_ROUNDS
+    assert lines[5].endswith(f"round {rounds} of {rounds}, on the pseudo labels "
                              "of the round before")
     epochs = read_card(default_model_path()).training["epochs"]
     assert lines[5].startswith(f"Trained: {epochs} epochs, ")

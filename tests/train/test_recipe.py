@@ -1,0 +1,38 @@
+"""The embedded model's recipe: its fine-tuning rounds continue a trained segmenter."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from kdmsi_core.checkpoint import default_model_path, load_checkpoint, read_card
+from kdmsi_train import recipe
+
+SMALL = {"seed": 31, "scenes": 10, "scene_size": 256, "tile_size": 64,
+         "label_min_fraction": 0.01}
+FRESH = {"seed": 32, "scenes": 4, "scene_size": 128, "tile_size": 64}
+
+
+def test_fine_tuning_rounds_continue_the_start_and_carry_its_first_stage(tmp_path, monkeypatch):
+    monkeypatch.setattr(recipe, "STAGE2", replace(recipe.STAGE2, epochs=1, batch_size=8,
+                                                  device="cpu"))
+    start = default_model_path()
+    done = read_card(start).training["rounds"]
+    out = tmp_path / "model.safetensors"
+    figures = recipe.run(out, tmp_path / "work", SMALL, recipe.CONFIG, FRESH, start=start,
+                         finetune_rounds=1)
+    assert [r["round"] for r in figures["stage2"]] == [done + 1]
+    card = read_card(out)
+    assert (card.training["round"], card.training["rounds"]) == (done + 1, done + 1)
+    # fine-tuned from the start, not a new segmenter: the start's share of flagged pixels
+    assert card.training["config"]["start"] == "the previous round's segmenter"
+    assert card.training["start_flagged_share"] > 0
+    assert "as the starting segmenter flags there" in card.threshold_rule
+    assert "stage1_model" not in card.training  # no path of the work folder
+    tuned, before = load_checkpoint(out).model.state_dict(), load_checkpoint(start).model
+    assert not torch.equal(tuned["classifier.weight"], before.state_dict()["classifier.weight"])
+    first, theirs = (load_checkpoint(p, first_stage=True).model.state_dict()
+                     for p in (out, start))
+    assert all(torch.equal(v, theirs[k]) for k, v in first.items())  # the same first stage
+    assert read_card(out, first_stage=True).threshold == pytest.approx(
+        read_card(start, first_stage=True).threshold)
