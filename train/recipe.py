@@ -33,6 +33,7 @@ from kdmsi_core.checkpoint import (
     read_card,
     save_checkpoint,
 )
+from kdmsi_core.errors import CheckpointError
 from kdmsi_core.progress import BarProgress
 from kdmsi_train.datasets import PairStore, TileFolder
 from kdmsi_train.evaluate import evaluate
@@ -99,6 +100,10 @@ def run(output: Path, work: Path, data: dict, config: TrainConfig, test_data: di
     segmenter's, then fine-tune the last one ``finetune_rounds`` times (from ``start``
     alone, when given), evaluate; returns the figures, ``stage2`` one entry per round (also
     for ``bench/accuracy.py``)."""
+    if start is not None and not has_first_stage(start):
+        raise CheckpointError(f"{start} carries no first stage, which the fine-tuning rounds "
+                              "keep in the file they write; start from a segmenter that "
+                              "kdmsi-geo train or this recipe wrote.")
     started = time.perf_counter()
     tiles, fresh = generate(work / "train", data), generate(work / "fresh", test_data)
     generated = time.perf_counter() - started

@@ -5,7 +5,18 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kdmsi_core.checkpoint import default_model_path, load_checkpoint, read_card
+from kdmsi_core.checkpoint import (
+    SEGMENTER,
+    ModelCard,
+    default_model_path,
+    load_checkpoint,
+    read_card,
+    save_checkpoint,
+)
+from kdmsi_core.errors import CheckpointError
+from kdmsi_core.model import NetworkConfig
+from kdmsi_core.normalize import Normalization
+from kdmsi_core.segmenter import SiameseSegmenter
 from kdmsi_train import recipe
 
 SMALL = {"seed": 31, "scenes": 10, "scene_size": 256, "tile_size": 64,
@@ -36,3 +47,13 @@ def test_fine_tuning_rounds_continue_the_start_and_carry_its_first_stage(tmp_pat
     assert all(torch.equal(v, theirs[k]) for k, v in first.items())  # the same first stage
     assert read_card(out, first_stage=True).threshold == pytest.approx(
         read_card(start, first_stage=True).threshold)
+
+
+def test_a_start_without_its_first_stage_is_refused_before_any_work(tmp_path):
+    config = NetworkConfig(combination="minus")
+    bare = save_checkpoint(tmp_path / "bare.safetensors", SiameseSegmenter(config), ModelCard(
+        config, Normalization.for_dtype("uint8", 3), 64, 0.3, kind=SEGMENTER))
+    with pytest.raises(CheckpointError, match="carries no first stage"):
+        recipe.run(tmp_path / "out.safetensors", tmp_path / "work", SMALL, recipe.CONFIG,
+                   FRESH, start=bare)
+    assert not (tmp_path / "out.safetensors").exists() and not (tmp_path / "work").exists()
