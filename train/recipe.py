@@ -40,7 +40,7 @@ from kdmsi_train.evaluate import evaluate
 from kdmsi_train.fit import fit_tile_folder
 from kdmsi_train.pseudo import write_pseudo_labels
 from kdmsi_train.stage2 import fit_segmenter
-from kdmsi_train.stages import round_files, stage2_config
+from kdmsi_train.stages import ROUNDS, round_files, stage2_config
 from kdmsi_train.synth import write_tile_dataset
 from kdmsi_train.trainer import TrainConfig
 
@@ -74,10 +74,10 @@ up on seven (+1.2 to +3.2 points), down on dense-256 (0.469 -> 0.444), mean 0.55
 (test masks read for these reports only; README, *The default model*). The validation AUC
 of the rounds' peaks does not follow (0.934, 0.931, 0.929, 0.930), so the count is fixed
 rather than chosen from image labels."""
-FINETUNE_ROUNDS = 2
+FINETUNE_ROUNDS = ROUNDS
 """Rounds after :data:`RECIPE_ROUNDS` that fine-tune the previous round's segmenter on its own
-pseudo labels as ``kdmsi-geo train`` fine-tunes a trained start (its two rounds by default:
-:data:`kdmsi_train.stages.ROUNDS`): a third of a new segmenter's pixels, the selected
+pseudo labels as ``kdmsi-geo train`` fine-tunes a trained start, as many as it runs by
+default (:data:`kdmsi_train.stages.ROUNDS`, two): a third of a new segmenter's pixels, the selected
 network averaged half and half with its start, the start's share of flagged validation
 pixels. Where a fifth new segmenter had lost, these gained: fresh scenes 0.636 (four rounds)
 -> 0.641 -> 0.646 change F1, boundary F1 0.425 -> 0.439 -> 0.453; held-back 0.581 -> 0.584
@@ -100,16 +100,16 @@ def run(output: Path, work: Path, data: dict, config: TrainConfig, test_data: di
     segmenter's, then fine-tune the last one ``finetune_rounds`` times (from ``start``
     alone, when given), evaluate; returns the figures, ``stage2`` one entry per round (also
     for ``bench/accuracy.py``)."""
-    if start is not None and not has_first_stage(start):
-        raise CheckpointError(f"{start} carries no first stage, which the fine-tuning rounds "
-                              "keep in the file they write; start from a segmenter that "
-                              "kdmsi-geo train or this recipe wrote.")
+    if start is not None:  # its rounds are done: number the next ones after them
+        if not has_first_stage(start):
+            raise CheckpointError(f"{start} carries no first stage, which the fine-tuning "
+                                  "rounds keep in the file they write; start from a segmenter "
+                                  "that kdmsi-geo train or this recipe wrote.")
+        stage1, rounds = start, read_card(start).training.get("rounds", 0)
     started = time.perf_counter()
     tiles, fresh = generate(work / "train", data), generate(work / "fresh", test_data)
     generated = time.perf_counter() - started
     runs = []
-    if start is not None:  # its rounds are done: number the next ones after them
-        stage1, rounds = start, read_card(start).training.get("rounds", 0)
     for seed in seeds if stage1 is None else ():
         began = time.perf_counter()
         path = work / f"seed{seed}.safetensors"
