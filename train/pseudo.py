@@ -16,7 +16,7 @@ P is above half its pair's peak, is much more often truly change; the skirt is l
 the segmenter ("not sure", which its loss weighs lightly as background), which draws the
 edge from the images. On the robustness benchmark's sets this raised the change pixels'
 precision from 0.21-0.47 to 0.30-0.51 (masks read for that report only) and the segmenter's
-F1 on five of six sets (README).
+F1 on five of six sets (docs/measurements.md).
 
 Thresholds, from the split's probabilities and image labels only (1000-bin histograms as in
 :mod:`kdmsi_train.threshold`): ``t_high`` is the calibration rule of the checkpoints (from

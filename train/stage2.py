@@ -59,8 +59,8 @@ the segmenter more pixels per change, and the halo it learnt from the pseudo lab
 a few of its pixels wide, shrinks on the ground; a downscaled pass (0.75) only widened it.
 Against (0.75, 1, 1.25), at about the same cost, the same weights gained zero-shot on the
 fresh scenes and on seven of eight robustness sets; fine-tuned segmenters' maps gained in
-14 of 16 runs at the best threshold in hindsight, in 8 at the calibrated one (README,
-*Inference scales 1 and 1.5*). 1.5 alone did as well on the maps, but its
+14 of 16 runs at the best threshold in hindsight, in 8 at the calibrated one
+(docs/measurements.md, *Inference scales 1 and 1.5*). 1.5 alone did as well on the maps, but its
 unchanged pairs showed stray peaks that the averaged scale damps, and on those the image-
 label threshold rule set thresholds far too high (small-256-nir: 0.79 where 0.28 was best)."""
 PEAK_CELL = 4
@@ -93,7 +93,8 @@ then count as background; the image labels still say that every changed pair hol
 somewhere and every unchanged one none. Chosen once, before measuring. On the robustness
 sets, 19 runs on eight sets from a trained start: +1.2 +- 4.0 points of change F1, up in 16;
 the three losses (coarse-1m-128) came from a higher threshold, not a worse map (test masks
-read for that report only; README, *The image labels train the segmenter too*)."""
+read for that report only; docs/measurements.md, *The image labels train the segmenter
+too*)."""
 MOSAIC_SIDE = 256
 """Tiles smaller than this are trained in square mosaics of up to this side (as many tiles
 as the batch allows). A segmenter trained on 64-px tiles alone had computed its deep
@@ -110,8 +111,8 @@ start and costs nothing at inference. Half and half, chosen before measuring and
 On the robustness sets (round 2 of seed 0, each thresholded by its start's share of flagged
 pixels): suburb-256 0.663 -> 0.672 change F1, coarse-1m-128 0.571 -> 0.590, wide-128
 0.506 -> 0.523, many-64 0.609 -> 0.612, rare-128 (where training gains most) 0.718 both
-ways (test masks read for that report only; README, *Fine-tuning keeps half of its
-start*). With the start's BatchNorm statistics instead of the average, it lost (from an
+ways (test masks read for that report only; docs/measurements.md, *Fine-tuning keeps half
+of its start*). With the start's BatchNorm statistics instead of the average, it lost (from an
 earlier start: many-64 0.573 -> 0.536)."""
 UNCHANGED_SQUARE = 64
 """Side in pixels of the squares whose peaks an unchanged validation pair gives to the
@@ -472,7 +473,7 @@ def histograms(network: torch.nn.Module, store: PairStore, norm: Normalization,
     robustness sets, over 13 maps (the embedded model calibrated on five sets' validation
     pairs, and the eight segmenters fine-tuned from it), the threshold came 2.0 points of
     change F1 below the best in hindsight on average, against 5.3 with one peak per pair
-    (test masks read for that report only; README)."""
+    (test masks read for that report only; docs/measurements.md)."""
     hist = threshold.Histograms(square=UNCHANGED_SQUARE)
     for idx, maps in iter_maps(network, store, norm, device, "msi", scales, batch_size):
         hist.update(maps, store.labels[idx])
@@ -493,7 +494,8 @@ def matched_threshold(fitted: SegmenterFit, hist: threshold.Histograms, store: P
     on average (up to 5.9), above it on all eight; the start used as it is came 1.2 below
     its own best. Matching the start's share came 0.8 below (up to 2.7), closer than the
     rule on six sets and within 0.2 points of it on the other two (test masks read for that
-    report only; README, *A fine-tuned segmenter flags as much as its start*). The start's
+    report only; docs/measurements.md, *A fine-tuned segmenter flags as much as its
+    start*). The start's
     maps are taken at its own scales, with its bands adapted to the data and the data's
     scaling, as training took them."""
     card = fitted.start_card

@@ -45,9 +45,9 @@ before (the first on the first stage's). The segmenter's maps miss fewer changes
 their outlines more closely than the first stage's, so the second round learns from better
 labels: on the robustness sets (six sets, two seeds, the embedded segmenter as start both
 times) change F1 rose by 1.8 ± 1.7 points, in 10 of 12 runs, the other two within 0.3
-(test masks read for that report only, README). A third round from the four-round embedded
-model did not help (six sets, seed 0: -0.3 points on average, up on one), so two it is; the
-recipe runs four whose segmenters start from the first stage's encoder
+(test masks read for that report only, docs/measurements.md). A third round from the
+four-round embedded model did not help (six sets, seed 0: -0.3 points on average, up on
+one), so two it is; the recipe runs four whose segmenters start from the first stage's encoder
 (:data:`kdmsi_train.recipe.RECIPE_ROUNDS`), then these two
 (:data:`kdmsi_train.recipe.FINETUNE_ROUNDS`)."""
 VAL_SHARE = 15  # percent of the GIS-form tiles that validate, as in the first stage alone
