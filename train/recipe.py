@@ -72,9 +72,8 @@ fourth: change F1 0.606, 0.626, 0.633, 0.636, then 0.633 for a fifth; held-back 
 0.571, 0.574, 0.581, 0.570. Zero-shot on the eight robustness sets, round 4 against round 2:
 up on seven (+1.2 to +3.2 points), down on dense-256 (0.469 -> 0.444), mean 0.559 -> 0.573
 (test masks read for these reports only; docs/measurements.md, *The default model*). The
-validation AUC
-of the rounds' peaks does not follow (0.934, 0.931, 0.929, 0.930), so the count is fixed
-rather than chosen from image labels."""
+validation AUC of the rounds' peaks does not follow (0.934, 0.931, 0.929, 0.930), so the
+count is fixed rather than chosen from image labels."""
 FINETUNE_ROUNDS = ROUNDS
 """Rounds after :data:`RECIPE_ROUNDS` that fine-tune the previous round's segmenter on its own
 pseudo labels as ``kdmsi-geo train`` fine-tunes a trained start, as many as it runs by

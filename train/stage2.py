@@ -60,9 +60,9 @@ a few of its pixels wide, shrinks on the ground; a downscaled pass (0.75) only w
 Against (0.75, 1, 1.25), at about the same cost, the same weights gained zero-shot on the
 fresh scenes and on seven of eight robustness sets; fine-tuned segmenters' maps gained in
 14 of 16 runs at the best threshold in hindsight, in 8 at the calibrated one
-(docs/measurements.md, *Inference scales 1 and 1.5*). 1.5 alone did as well on the maps, but its
-unchanged pairs showed stray peaks that the averaged scale damps, and on those the image-
-label threshold rule set thresholds far too high (small-256-nir: 0.79 where 0.28 was best)."""
+(docs/measurements.md, *Inference scales 1 and 1.5*). 1.5 alone did as well on the maps,
+but its unchanged pairs showed stray peaks that the averaged scale damps, and on those the
+image-label threshold rule set thresholds far too high (small-256-nir: 0.79 where 0.28 was best)."""
 PEAK_CELL = 4
 MAX_EPOCHS = 5
 """Default passes at most: the segmenter memorises its pseudo labels (blobs wider than the
@@ -112,8 +112,8 @@ On the robustness sets (round 2 of seed 0, each thresholded by its start's share
 pixels): suburb-256 0.663 -> 0.672 change F1, coarse-1m-128 0.571 -> 0.590, wide-128
 0.506 -> 0.523, many-64 0.609 -> 0.612, rare-128 (where training gains most) 0.718 both
 ways (test masks read for that report only; docs/measurements.md, *Fine-tuning keeps half
-of its start*). With the start's BatchNorm statistics instead of the average, it lost (from an
-earlier start: many-64 0.573 -> 0.536)."""
+of its start*). With the start's BatchNorm statistics instead of the average, it lost
+(from an earlier start: many-64 0.573 -> 0.536)."""
 UNCHANGED_SQUARE = 64
 """Side in pixels of the squares whose peaks an unchanged validation pair gives to the
 threshold rule (:func:`histograms`): the recipe's tile size, on which the rule was made."""
@@ -495,9 +495,8 @@ def matched_threshold(fitted: SegmenterFit, hist: threshold.Histograms, store: P
     its own best. Matching the start's share came 0.8 below (up to 2.7), closer than the
     rule on six sets and within 0.2 points of it on the other two (test masks read for that
     report only; docs/measurements.md, *A fine-tuned segmenter flags as much as its
-    start*). The start's
-    maps are taken at its own scales, with its bands adapted to the data and the data's
-    scaling, as training took them."""
+    start*). The start's maps are taken at its own scales, with its bands adapted to the
+    data and the data's scaling, as training took them."""
     card = fitted.start_card
     flagged = histograms(fitted.start, store, fitted.normalization, device, card.scales,
                          batch_size)
