@@ -15,6 +15,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from kdmsi_core.cli.main import cli
 from kdmsi_core.errors import Cancelled, OutputError, ParameterError
 from kdmsi_train.synth import make_scene_pair, write_scene_pair, write_tile_dataset
+from kdmsi_train.synth.changes import KINDS
 from kdmsi_train.synth.writers import split_scenes
 
 SPLITS = ("train", "val", "test")
@@ -51,6 +52,16 @@ def test_same_seed_same_pair_other_seed_other_pair() -> None:
     assert a.t1.shape == a.t2.shape == (3, 128, 128) and a.t1.dtype == np.uint8
     assert a.mask.shape == (128, 128) and a.mask.dtype == np.uint8
     assert set(np.unique(a.mask)) <= {0, 1}
+
+
+def test_kinds_say_what_changed_each_masked_pixel(pairs: list) -> None:
+    for pair in pairs:
+        assert pair.kinds.shape == pair.mask.shape and pair.kinds.dtype == np.uint8
+        assert np.array_equal(pair.kinds > 0, pair.mask > 0)
+        assert set(np.unique(pair.kinds)) <= set(range(len(KINDS) + 1))
+    seen = set().union(*(np.unique(p.kinds).tolist() for p in pairs))
+    assert {1, 2} <= seen  # new buildings and demolitions
+    assert {p.backward for p in pairs} == {False, True}  # both directions occur
 
 
 def test_rectangular_scenes() -> None:

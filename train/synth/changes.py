@@ -30,12 +30,16 @@ from kdmsi_train.synth.layout import (
 )
 
 RATE = 14.0  # mean number of extra change events in a 256 m x 256 m scene
+KINDS = ("new building", "demolition", "new pavement")
+"""The kinds of change event, as they run forwards (before -> after); the code of each in a
+scene's kind raster is its index + 1 (:class:`~kdmsi_train.synth.scene.ScenePair`)."""
 Event = Callable[[np.random.Generator, Layout, Layout], list[BaseGeometry]]
 
 
 def make_changes(rng: np.random.Generator, before: Layout, rate: float = RATE
-                 ) -> tuple[Layout, list[BaseGeometry]]:
-    """The layout of the second date and the footprints of what changed.
+                 ) -> tuple[Layout, list[tuple[BaseGeometry, int]]]:
+    """The layout of the second date and the footprints of what changed, each with the code
+    of its kind (:data:`KINDS`), so that a model's misses can be told apart by kind.
 
     Some scenes have no change at all; the others a few events whose number grows with
     the scene area, so that about half of the 128-pixel tiles stay unchanged at the
@@ -45,10 +49,10 @@ def make_changes(rng: np.random.Generator, before: Layout, rate: float = RATE
     per = before.shape[0] * before.shape[1] * before.pixel_size**2 / 65536.0
     n = 0 if rng.random() < 0.15 else 1 + rng.poisson(rate * per)
     events: tuple[Event, ...] = (_new_buildings, _demolition, _new_pavement)
-    changed: list[BaseGeometry] = []
+    changed: list[tuple[BaseGeometry, int]] = []
     for _ in range(n):
-        event = events[int(rng.choice(3, p=[0.45, 0.3, 0.25]))]
-        changed += [g for g in event(rng, before, after) if not g.is_empty]
+        code = int(rng.choice(3, p=[0.45, 0.3, 0.25]))
+        changed += [(g, code + 1) for g in events[code](rng, before, after) if not g.is_empty]
     return after, changed
 
 

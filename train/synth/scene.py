@@ -20,12 +20,20 @@ MAX_MISREGISTRATION = 1.5  # pixels
 
 @dataclass(frozen=True)
 class ScenePair:
-    """Images of two dates, (3, H, W) uint8 RGB, and the change mask, (H, W) uint8 0/1."""
+    """Images of two dates, (3, H, W) uint8 RGB, and the change mask, (H, W) uint8 0/1.
+
+    ``kinds`` (H, W) uint8 says which kind of event changed each pixel (0 none, else the
+    index + 1 in :data:`~kdmsi_train.synth.changes.KINDS`; the later event where two
+    overlap), and ``backward`` whether the dates run backwards, so that a "new building"
+    shows as a building gone and a "demolition" as a building rising on a cleared site.
+    """
 
     t1: np.ndarray
     t2: np.ndarray
     mask: np.ndarray
     style: str = ""
+    kinds: np.ndarray | None = None
+    backward: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -47,16 +55,20 @@ def make_scene_pair(
     rng = np.random.default_rng(seed)
     first = make_layout(rng, shape, pixel_size)
     second, changed = make_changes(rng, first, RATE * change_rate)
-    if rng.random() < 0.25:  # some changes run backwards: buildings vanish, sites fill up
+    backward = rng.random() < 0.25  # some changes run backwards: buildings vanish, sites fill
+    if backward:
         first, second = second, first
+    kinds = burn(changed, shape)
     look1, look2 = make_looks(rng, first)
     img1 = render(first, look1, place_cars(rng, first))
     img2 = render(second, look2, place_cars(rng, second))
     return ScenePair(
         t1=sensor(rng, img1, look1, _offset(rng, 0.35)),  # resampled too, as sharp as t2
         t2=sensor(rng, img2, look2, _offset(rng, MAX_MISREGISTRATION)),
-        mask=burn(changed, shape),
+        mask=(kinds > 0).astype(np.uint8),
         style=first.style,
+        kinds=kinds,
+        backward=backward,
     )
 
 
