@@ -27,7 +27,7 @@ from kdmsi_train.synth import make_scene_pair, write_scene_pair
 from kdmsi_train.synth.changes import KINDS
 
 
-def kind_names() -> list[str]:
+def kind_names() -> tuple[str, ...]:
     """Row names: each kind forwards, then backwards."""
     return KINDS + tuple(f"{k}, backwards" for k in KINDS)
 
