@@ -22,6 +22,7 @@ import numpy as np
 import rasterio
 
 from kdmsi_core import detect
+from kdmsi_train.metrics import Confusion
 from kdmsi_train.shape_metrics import components
 from kdmsi_train.synth import make_scene_pair, write_scene_pair
 from kdmsi_train.synth.changes import KINDS
@@ -57,11 +58,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kdmsi-kinds-") as tmp:
         folder = args.keep or Path(tmp)
         counts: dict[str, dict] = {m: {} for m in models}
-        totals = {m: np.zeros(3, int) for m in models}  # tp, fp, fn
+        totals = {m: Confusion() for m in models}
         for i in range(args.scenes):
             pair = make_scene_pair(args.seed + i, args.size, args.pixel_size)
             paths = write_scene_pair(pair, folder, f"scene_{i:03d}", pixel_size=args.pixel_size)
-            truth = pair.mask > 0
             for j, model in enumerate(models):
                 out = folder / f"scene_{i:03d}_model{j}.gpkg"
                 flags = out.with_suffix(".tif")
@@ -70,8 +70,7 @@ def main() -> None:
                 with rasterio.open(flags) as ds:
                     flagged = ds.read(1) > 0
                 tally(flagged, pair.kinds, pair.backward, counts[model])
-                totals[model] += (np.sum(flagged & truth), np.sum(flagged & ~truth),
-                                  np.sum(~flagged & truth))
+                totals[model].update(flagged, pair.mask)
     print(f"{args.scenes} scenes of {args.size} px at {args.pixel_size} m, seeds "
           f"{args.seed}-{args.seed + args.scenes - 1}")
     print("| kind | objects | " + " | ".join(f"{m}: objects hit | pixel recall"
@@ -85,9 +84,9 @@ def main() -> None:
                            for r in rows)
         print(f"| {name} | {rows[0][1]} | {cells} |")
     for m in models:
-        tp, fp, fn = totals[m]
-        print(f"{m}: precision {tp / max(tp + fp, 1):.3f}, recall {tp / max(tp + fn, 1):.3f}, "
-              f"change F1 {2 * tp / max(2 * tp + fp + fn, 1):.3f}")
+        f = totals[m].metrics()
+        print(f"{m}: precision {f['precision']:.3f}, recall {f['recall']:.3f}, "
+              f"change F1 {f['f1']:.3f}")
 
 
 if __name__ == "__main__":
