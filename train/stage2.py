@@ -155,6 +155,11 @@ class Stage2Config:
     """Side in pixels up to which smaller tiles are put together (see :data:`MOSAIC_SIDE`)."""
     start_weight: float = START_WEIGHT
     """Share of a trained start in the returned segmenter (see :data:`START_WEIGHT`)."""
+    match: str | None = None
+    """A checkpoint whose share of flagged validation pixels, at its own threshold, the
+    threshold matches (:func:`matched_threshold`) instead of the image-label rule; by default
+    a trained start's, where there is one. The recipe names the model that wrote the pseudo
+    labels of a long run of a new segmenter (:data:`kdmsi_train.recipe.FINAL_EPOCHS`)."""
 
     @property
     def base_lr(self) -> float:
@@ -480,12 +485,13 @@ def histograms(network: torch.nn.Module, store: PairStore, norm: Normalization,
     return hist
 
 
-def matched_threshold(fitted: SegmenterFit, hist: threshold.Histograms, store: PairStore,
-                      device: torch.device, batch_size: int, floor: float
-                      ) -> tuple[float, float] | None:
-    """The threshold at which a segmenter fine-tuned from a trained start flags as many of
-    ``store``'s pixels (``hist``: its maps there) as the start flags at its own threshold,
-    with that share; None when the start flags none of them.
+def matched_threshold(reference: torch.nn.Module, card: ModelCard, norm: Normalization,
+                      hist: threshold.Histograms, store: PairStore, device: torch.device,
+                      batch_size: int, floor: float) -> tuple[float, float] | None:
+    """The threshold at which a segmenter flags as many of ``store``'s pixels (``hist``: its
+    maps there) as ``reference`` (its trained start, or :attr:`Stage2Config.match`, with its
+    ``card``) flags at its own threshold, with that share; None when the reference flags
+    none of them.
 
     Fine-tuning moves how sure the segmenter is, not how much change the data hold, and the
     start's threshold was calibrated on far more pairs than a user's validation split holds
@@ -497,13 +503,30 @@ def matched_threshold(fitted: SegmenterFit, hist: threshold.Histograms, store: P
     report only; docs/measurements.md, *A fine-tuned segmenter flags as much as its
     start*). The start's maps are taken at its own scales, with its bands adapted to the
     data and the data's scaling, as training took them."""
-    card = fitted.start_card
-    flagged = histograms(fitted.start, store, fitted.normalization, device, card.scales,
-                         batch_size)
+    flagged = histograms(reference, store, norm, device, card.scales, batch_size)
     share = threshold.share_above(flagged.changed + flagged.unchanged, card.threshold)
     if share == 0:
         return None
     return threshold.matching(hist.changed + hist.unchanged, share, floor), share
+
+
+def match_reference(config: Stage2Config, store: MaskedStore
+                    ) -> tuple[torch.nn.Module, ModelCard, str] | None:
+    """:attr:`Stage2Config.match` (``"default"``: the embedded model) loaded, with its card
+    and its name for the rule (the model that wrote ``store``'s pseudo labels is named so);
+    None without it. Read before training, so that a model for other bands is refused
+    before any work."""
+    if config.match is None:
+        return None
+    loaded = load_checkpoint(None if config.match == "default" else config.match)
+    theirs, ours = loaded.model.config.in_channels, store.pairs.shape[0]
+    if theirs != ours:
+        raise CheckpointError(f"{config.match} takes {theirs} bands but the data have {ours}; "
+                              "match the threshold to a model made for the same bands.")
+    labeller = store.summary.get("model")
+    wrote = labeller is not None and loaded.path.resolve() == Path(labeller).resolve()
+    name = "the model that wrote its pseudo labels" if wrote else loaded.path.name
+    return place(loaded.model, resolve_device(config.device)).eval(), loaded.card, name
 
 
 def fit_segmenter(pseudo_dir: str | Path, val_store: PairStore | None, output: str | Path,
@@ -512,12 +535,15 @@ def fit_segmenter(pseudo_dir: str | Path, val_store: PairStore | None, output: s
                   first_stage: str | Path | None = None) -> SegmenterFit:
     """Train, select, calibrate (on val, else on the training pairs) and save a segmenter,
     carrying ``first_stage`` (the first-stage checkpoint it came from) when given. The
-    threshold matches the start's share of flagged pixels (:func:`matched_threshold`) when
-    training started from a trained segmenter, else it follows the image-label rule."""
+    threshold matches the share of flagged pixels of ``config.match`` or, without it, of a
+    trained start (:func:`matched_threshold`), else it follows the image-label rule."""
     started = time.perf_counter()
     progress = progress or NullProgress()
     store = MaskedStore(pseudo_dir)
+    reference = match_reference(config, store)
     fitted = train_segmenter(store, config, val_store, progress)
+    if reference is None and fitted.start is not None:
+        reference = fitted.start, fitted.start_card, "the starting segmenter"
     calib = val_store if val_store is not None else store.pairs
     progress.update("stage 2: calibrate threshold", 0, 1)
     floor = prior_share(store.summary["fractions"])
@@ -528,12 +554,12 @@ def fit_segmenter(pseudo_dir: str | Path, val_store: PairStore | None, output: s
     floor_text = f"{floor:.4f} (the share of change among the labelled pseudo-label pixels)"
     rule = (threshold.rule(floor_text, UNCHANGED_SQUARE)
             + f" (calibrated on the {calib.split} split)")
-    matched = (matched_threshold(fitted, hist, calib, device, config.batch_size, floor)
-               if fitted.start is not None else None)
+    matched = (matched_threshold(*reference[:2], fitted.normalization, hist, calib, device,
+                                 config.batch_size, floor) if reference else None)
     if matched is not None:
         t, share = matched
-        rule = threshold.matched_rule(floor_text, share, fitted.start_card.threshold,
-                                      calib.split)
+        rule = threshold.matched_rule(floor_text, share, reference[1].threshold, calib.split,
+                                      reference[2])
     progress.update("stage 2: calibrate threshold", 1, 1, f"threshold {t:.3f}")
     labels = store.pairs.labels
     network = fitted.network

@@ -49,7 +49,8 @@ times) change F1 rose by 1.8 ± 1.7 points, in 10 of 12 runs, the other two with
 four-round embedded model did not help (six sets, seed 0: -0.3 points on average, up on
 one), so two it is; the recipe runs four whose segmenters start from the first stage's encoder
 (:data:`kdmsi_train.recipe.RECIPE_ROUNDS`), then these two
-(:data:`kdmsi_train.recipe.FINETUNE_ROUNDS`)."""
+(:data:`kdmsi_train.recipe.FINETUNE_ROUNDS`), then a long one
+(:data:`kdmsi_train.recipe.FINAL_EPOCHS`)."""
 VAL_SHARE = 15  # percent of the GIS-form tiles that validate, as in the first stage alone
 
 

@@ -115,10 +115,12 @@ def matching(hist: np.ndarray, share: float, floor: float = T_MIN) -> float:
     return float(np.clip(quantile(hist, 1 - share), floor, T_MAX))
 
 
-def matched_rule(floor: str, share: float, start_threshold: float, split: str) -> str:
-    """:func:`matching`'s rule in words, for model cards."""
-    return (f"flags the same share of the {split} split's pixels ({share:.3%}) as the "
-            f"starting segmenter flags there at its own threshold ({start_threshold:.3f}), "
+def matched_rule(floor: str, share: float, reference_threshold: float, split: str,
+                 reference: str = "the starting segmenter") -> str:
+    """:func:`matching`'s rule in words, for model cards; ``reference`` names the model
+    whose share is matched."""
+    return (f"flags the same share of the {split} split's pixels ({share:.3%}) as "
+            f"{reference} flags there at its own threshold ({reference_threshold:.3f}), "
             f"clipped to [{floor}, {T_MAX}]; no labels read")
 
 

@@ -11,7 +11,7 @@ from kdmsi_core.checkpoint import ModelCard, default_model_path, read_card, save
 from kdmsi_core.cli.main import cli
 from kdmsi_core.model import NetworkConfig, SiameseCAM
 from kdmsi_core.normalize import Normalization
-from kdmsi_train.recipe import FINETUNE_ROUNDS, RECIPE_ROUNDS
+from kdmsi_train.recipe import FINAL_EPOCHS, FINETUNE_ROUNDS, RECIPE_ROUNDS
 
 
 def test_json_card_of_the_default_model() -> None:
@@ -39,12 +39,11 @@ def test_text_card_names_what_a_user_needs() -> None:
         "Model", "Kind", "Bands", "Tile size", "Threshold", "Trained",
         "Carries its first stage"]
     assert lines[2].startswith("Bands: 3 (")
-    # the embedded segmenter is the recipe's last round's: its last fine-tuning round
-    rounds = RECIPE_ROUNDS + FINETUNE_ROUNDS
+    # the embedded segmenter is the recipe's last round's: the long one after fine-tuning
+    rounds = RECIPE_ROUNDS + FINETUNE_ROUNDS + 1
     assert lines[5].endswith(f"round {rounds} of {rounds}, on the pseudo labels "
                              "of the round before")
-    epochs = read_card(default_model_path()).training["epochs"]
-    assert lines[5].startswith(f"Trained: {epochs} epochs, ")
+    assert lines[5].startswith(f"Trained: {FINAL_EPOCHS} epochs, ")
 
 
 def test_one_epoch_is_not_plural(tmp_path: Path) -> None:

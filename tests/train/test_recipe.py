@@ -13,7 +13,7 @@ from kdmsi_core.checkpoint import (
     read_card,
     save_checkpoint,
 )
-from kdmsi_core.errors import CheckpointError
+from kdmsi_core.errors import CheckpointError, ParameterError
 from kdmsi_core.model import NetworkConfig
 from kdmsi_core.normalize import Normalization
 from kdmsi_core.segmenter import SiameseSegmenter
@@ -31,7 +31,7 @@ def test_fine_tuning_rounds_continue_the_start_and_carry_its_first_stage(tmp_pat
     done = read_card(start).training["rounds"]
     out = tmp_path / "model.safetensors"
     figures = recipe.run(out, tmp_path / "work", SMALL, recipe.CONFIG, FRESH, start=start,
-                         finetune_rounds=1)
+                         finetune_rounds=1, final_epochs=0)
     assert [r["round"] for r in figures["stage2"]] == [done + 1]
     card = read_card(out)
     assert (card.training["round"], card.training["rounds"]) == (done + 1, done + 1)
@@ -57,3 +57,28 @@ def test_a_start_without_its_first_stage_is_refused_before_any_work(tmp_path):
         recipe.run(tmp_path / "out.safetensors", tmp_path / "work", SMALL, recipe.CONFIG,
                    FRESH, start=bare)
     assert not (tmp_path / "out.safetensors").exists() and not (tmp_path / "work").exists()
+
+
+def test_the_last_round_is_a_new_segmenter_matched_to_its_labeller(tmp_path, monkeypatch):
+    """After the fine-tuning rounds: a new segmenter from the first stage's encoder, on the
+    last segmenter's pseudo labels, flagging the share of validation pixels that one flags."""
+    monkeypatch.setattr(recipe, "STAGE2", replace(recipe.STAGE2, batch_size=8, device="cpu"))
+    start = default_model_path()
+    done = read_card(start).training["rounds"]
+    out = tmp_path / "model.safetensors"
+    figures = recipe.run(out, tmp_path / "work", SMALL, recipe.CONFIG, FRESH, start=start,
+                         finetune_rounds=0, final_epochs=1)
+    assert [r["round"] for r in figures["stage2"]] == [done + 1]
+    card = read_card(out)
+    config = card.training["config"]
+    assert config["epochs"] == 1 and config["start"] is None  # new, not fine-tuned
+    assert config["match"] == card.training["pseudo_labels"]["model"] == \
+        "the previous round's segmenter"  # no path of the work folder
+    assert card.training["start_flagged_share"] > 0
+    assert "as the model that wrote its pseudo labels flags there" in card.threshold_rule
+    new, theirs = (load_checkpoint(p).model.state_dict() for p in (out, start))
+    assert not torch.equal(new["classifier.weight"], theirs["classifier.weight"])
+    with pytest.raises(ParameterError, match="no more are asked for"):
+        recipe.run(tmp_path / "none.safetensors", tmp_path / "work2", SMALL, recipe.CONFIG,
+                   FRESH, start=start, finetune_rounds=0, final_epochs=0)
+    assert not (tmp_path / "work2").exists()

@@ -19,7 +19,7 @@ from kdmsi_core.checkpoint import (
     save_checkpoint,
 )
 from kdmsi_core.cli.main import cli
-from kdmsi_core.errors import OutputError
+from kdmsi_core.errors import CheckpointError, OutputError
 from kdmsi_core.model import NetworkConfig, SiameseCAM
 from kdmsi_core.normalize import Normalization, for_data
 from kdmsi_core.segmenter import SiameseSegmenter
@@ -257,6 +257,37 @@ def test_a_fine_tuned_segmenter_flags_as_much_as_its_start(no_masks, embedded_ps
     assert new.card.threshold == pytest.approx(new.card.training["threshold_image_rule"], abs=1e-4)
     assert f"{UNCHANGED_SQUARE}-px squares of the pairs labelled unchanged" in \
         new.card.threshold_rule
+
+
+def test_a_new_segmenter_can_flag_as_much_as_the_model_that_labelled_it(
+        no_masks, embedded_pseudo, tmp_path):
+    """The recipe's last round: a new segmenter (no trained start) thresholded at the share
+    of validation pixels that its labeller flags at its own threshold; a model made for
+    other bands is refused before any training."""
+    val = PairStore(TileFolder.open(no_masks, "val"))
+    labeller = load_checkpoint(None)
+    norm = for_data(labeller.card.normalization, sample_values(val))
+    h = histograms(labeller.model, val, norm, torch.device("cpu"), labeller.card.scales, 8)
+    share = threshold.share_above(h.changed + h.unchanged, labeller.card.threshold)
+    config = Stage2Config(epochs=1, batch_size=8, device="cpu", match=str(default_model_path()))
+    new = fit_segmenter(embedded_pseudo, val, tmp_path / "new.safetensors", config)
+    assert new.start is None and new.card.training["config"]["start"] is None
+    assert new.card.training["start_flagged_share"] == pytest.approx(share)
+    assert new.card.threshold != pytest.approx(new.card.training["threshold_image_rule"])
+    assert "as the model that wrote its pseudo labels flags there" in new.card.threshold_rule
+    mine = histograms(new.network, val, new.normalization, torch.device("cpu"),
+                      new.card.scales, 8)
+    floor = prior_share(MaskedStore(embedded_pseudo).summary["fractions"])
+    assert new.card.threshold == pytest.approx(
+        threshold.matching(mine.changed + mine.unchanged, share, floor), abs=1e-6)
+    four = NetworkConfig(combination="minus", in_channels=4)
+    other = save_checkpoint(tmp_path / "four.safetensors", SiameseSegmenter(four), ModelCard(
+        four, Normalization.for_dtype("uint8", 4), 64, 0.3, kind="segmenter",
+        band_names=("band1", "band2", "band3", "band4")))
+    with pytest.raises(CheckpointError, match="takes 4 bands but the data have 3"):
+        fit_segmenter(embedded_pseudo, val, tmp_path / "never.safetensors",
+                      replace(config, match=str(other), epochs=50))
+    assert not (tmp_path / "never.safetensors").exists()
 
 
 def test_fine_tuning_returns_the_average_of_the_start_and_the_tuned_weights(
