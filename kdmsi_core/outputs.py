@@ -27,6 +27,7 @@ import rasterio.shutil
 from rasterio.windows import Window
 
 from kdmsi_core.errors import KdmsiError, OutputError
+from kdmsi_core.hysteresis import GROW_PX, change_mask
 from kdmsi_core.raster import Grid, dataset_files
 from kdmsi_core.signals import outputs_committed, uninterrupted
 
@@ -307,12 +308,22 @@ def write_errors(targets: Sequence[Path]) -> Iterator[None]:
 class StripWriter:
     """Writes finished strips of the region, full grid width, into scratch GeoTIFFs: the
     probability (float32, nodata -1), the change raster used for polygons (uint8 1 = change,
-    0 elsewhere) and optionally the user's mask (1 change, 0 none, 255 nodata)."""
+    0 elsewhere) and optionally the user's mask (1 change, 0 none, 255 nodata).
 
-    def __init__(self, grid: Grid, region: Window, threshold: float, probability: Path,
-                 changes: Path, mask: Path | None, tags: dict[str, str]) -> None:
-        self.grid, self.region, self.threshold = grid, region, threshold
+    The change rule (:func:`~kdmsi_core.hysteresis.change_mask`) looks :data:`GROW_PX` rows
+    across, so rows are held back until that many rows below them have arrived, and decided
+    with as many rows above them: the result equals the rule applied to the whole raster,
+    with a few strips of memory. :meth:`finish` writes the last rows."""
+
+    def __init__(self, grid: Grid, region: Window, threshold: float, low: float,
+                 probability: Path, changes: Path, mask: Path | None,
+                 tags: dict[str, str]) -> None:
+        self.grid, self.region, self.threshold, self.low = grid, region, threshold, low
         self.changed_pixels = 0
+        self._row = int(region.row_off)  # grid row of the first held row
+        self._held = np.zeros((0, grid.width), np.float32)
+        self._held_ok = np.zeros((0, grid.width), bool)
+        self._context = 0  # held rows above ``_row``, already written, kept as context
         base = {**_SCRATCH, "width": grid.width, "height": grid.height, "count": 1,
                 "crs": grid.crs, "transform": grid.transform}
         self._files: list[rasterio.io.DatasetWriter] = []
@@ -343,20 +354,45 @@ class StripWriter:
         for start, stop in ((0, top), (bottom, self.grid.height)):
             for row in range(start, stop, 1024):
                 n = min(1024, stop - row)
-                self.write(row, np.full((n, int(self.region.width)), np.nan, np.float32),
-                           np.zeros((n, int(self.region.width)), bool))
+                prob = np.full((n, self.grid.width), PROBABILITY_NODATA, np.float32)
+                none = np.zeros((n, self.grid.width), bool)
+                self._emit(row, prob, none, none)
 
     def write(self, row: int, probability: np.ndarray, valid: np.ndarray) -> None:
-        """One strip of the region's columns starting at grid row ``row``."""
+        """One strip of the region's columns starting at grid row ``row`` (strips come in
+        order, top to bottom)."""
         n, width = probability.shape
+        if row != self._row + len(self._held) - self._context:
+            raise ValueError(f"strip at row {row} is out of order")
         c0 = int(self.region.col_off)
         prob = np.full((n, self.grid.width), PROBABILITY_NODATA, np.float32)
         ok = np.zeros((n, self.grid.width), bool)
         prob[:, c0:c0 + width] = np.where(valid, probability, PROBABILITY_NODATA)
         ok[:, c0:c0 + width] = valid
-        change = ok & (prob > self.threshold)
+        self._held = np.concatenate([self._held, prob])
+        self._held_ok = np.concatenate([self._held_ok, ok])
+        self._decide(len(self._held) - GROW_PX)
+
+    def finish(self) -> None:
+        """Write the rows still held: nothing comes below them."""
+        self._decide(len(self._held))
+
+    def _decide(self, stop: int) -> None:
+        """Write the held rows up to index ``stop`` and keep the context the next need."""
+        if stop <= self._context:
+            return
+        change = change_mask(self._held[:stop + GROW_PX], self.threshold, self.low,
+                             self._held_ok[:stop + GROW_PX])
+        rows = slice(self._context, stop)
+        self._emit(self._row, self._held[rows], self._held_ok[rows], change[rows])
+        self._row += stop - self._context
+        keep = max(0, stop - GROW_PX)
+        self._held, self._held_ok = self._held[keep:], self._held_ok[keep:]
+        self._context = stop - keep
+
+    def _emit(self, row: int, prob: np.ndarray, ok: np.ndarray, change: np.ndarray) -> None:
         self.changed_pixels += int(change.sum())
-        window = Window(0, row, self.grid.width, n)
+        window = Window(0, row, self.grid.width, prob.shape[0])
         self._prob.write(prob, 1, window=window)
         self._changes.write(change.view(np.uint8), 1, window=window)
         if self._mask is not None:

@@ -46,6 +46,7 @@ class DetectSummary:
     seconds: float
     model: Path
     threshold: float
+    low_threshold: float
     scales: tuple[float, ...]
     tile_size: int
     overlap: int
@@ -74,10 +75,13 @@ def default_probability_path(changes: Path) -> Path:
     return changes.with_name(f"{changes.stem}_probability.tif")
 
 
-def _check_parameters(threshold: float | None, min_area: float, batch_size: int | None,
-                      scales: Sequence[float] | None) -> None:
+def _check_parameters(threshold: float | None, low_threshold: float | None, min_area: float,
+                      batch_size: int | None, scales: Sequence[float] | None) -> None:
     if threshold is not None and not valid_threshold(threshold):
         raise ParameterError(f"--threshold {threshold} is outside 0..1; a probability "
+                             "threshold is needed.")
+    if low_threshold is not None and not valid_threshold(low_threshold):
+        raise ParameterError(f"--low-threshold {low_threshold} is outside 0..1; a probability "
                              "threshold is needed.")
     if not 0 <= min_area < float("inf"):
         raise ParameterError(f"--min-area {min_area} is not an area; give a number of m² >= 0.")
@@ -137,8 +141,9 @@ def stitch_results(results: Iterator[TileResults], total: int, stitcher: StripSt
 def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLike, *,
            probability: str | os.PathLike | None = None, mask: str | os.PathLike | None = None,
            model: str | os.PathLike | None = None, threshold: float | None = None,
-           min_area: float = 0.0, tile_size: int = DEFAULT_TILE_SIZE,
-           overlap: int = DEFAULT_OVERLAP, batch_size: int | None = None,
+           low_threshold: float | None = None, min_area: float = 0.0,
+           tile_size: int = DEFAULT_TILE_SIZE, overlap: int = DEFAULT_OVERLAP,
+           batch_size: int | None = None,
            scales: Sequence[float] | None = None, bands: Sequence[int] | None = None,
            device: str = "auto", engine: str = "auto", overwrite: bool = False,
            workers: int | None = None, scheduler: str | None = None,
@@ -149,7 +154,9 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     ``probability`` (default ``<output stem>_probability.tif``) and, if asked, a binary mask
     COG. ``workers`` (a local Dask cluster of that many processes) or ``scheduler`` (the
     address of a running one) spread the tiles over Dask workers; the outputs are the same.
-    ``threshold``, ``scales`` default to the checkpoint's; ``min_area`` is in m²;
+    ``threshold``, ``scales`` default to the checkpoint's; pixels above ``low_threshold``
+    (at most the threshold; default the threshold: no growth) join a change they touch
+    (:mod:`~kdmsi_core.hysteresis`); ``min_area`` is in m²;
     ``batch_size`` defaults to :func:`default_batch_size`. ``model`` is a ``.safetensors``
     checkpoint or an ``.onnx`` export; ``engine`` (auto, torch, onnxruntime) runs its network
     (:func:`~kdmsi_core.engine.load_engine`). Outputs appear only when all are
@@ -157,7 +164,7 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     """
     started = time.perf_counter()
     progress = progress or NullProgress()
-    _check_parameters(threshold, min_area, batch_size, scales)
+    _check_parameters(threshold, low_threshold, min_area, batch_size, scales)
     output = Path(output)
     prob_path = Path(probability) if probability is not None else default_probability_path(
         output)
@@ -167,9 +174,14 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     card = runner.card
     check_tiling(tile_size, overlap, card.network.output_stride)
     threshold = card.threshold if threshold is None else float(threshold)
+    low = threshold if low_threshold is None else float(low_threshold)
+    if low > threshold:
+        raise ParameterError(f"--low-threshold {low} is above the threshold {threshold}; give "
+                             "a lower threshold at most the threshold (equal to it: no growth).")
     scales = tuple(card.scales if scales is None else (float(s) for s in scales))
     targets = [output, prob_path] + ([mask_path] if mask_path else [])
     tags = {"kdmsi_model": runner.path.name, "kdmsi_threshold": str(threshold),
+            "kdmsi_low_threshold": str(low),
             "kdmsi_scales": ",".join(str(s) for s in scales),
             "kdmsi_t1": Path(t1).name, "kdmsi_t2": Path(t2).name}
 
@@ -184,7 +196,7 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
         tiles = plan_tiles(pair.window, tile_size, overlap)
         batch_size = batch_size or default_batch_size(runner.device, tiles[0][0])
         scratch = {k: staging.scratch(f"{k}.tif") for k in ("probability", "changes", "mask")}
-        writer = StripWriter(pair.grid, pair.window, threshold, scratch["probability"],
+        writer = StripWriter(pair.grid, pair.window, threshold, low, scratch["probability"],
                              scratch["changes"], scratch["mask"] if mask_path else None, tags)
         try:
             stitcher = StripStitcher(pair.window, tiles[0][0].height, writer.write)
@@ -196,6 +208,7 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
                                            norms, scales, batch_size, flat)
             with closing(results):
                 stitch_results(results, len(flat), stitcher, progress)
+            writer.finish()
         finally:
             writer.close()
         check_cancelled(progress)
@@ -218,8 +231,9 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     return DetectSummary(
         changes=output, probability=prob_path, mask=mask_path, polygons=polygons,
         changed_area_m2=area, seconds=round(time.perf_counter() - started, 3),
-        model=runner.path, threshold=threshold, scales=scales, tile_size=tile_size,
-        overlap=overlap, batch_size=batch_size, device=runner.device, engine=runner.name,
+        model=runner.path, threshold=threshold, low_threshold=low, scales=scales,
+        tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=runner.device,
+        engine=runner.name,
         crs=grid.crs.to_string(), width=grid.width, height=grid.height, analysed=analysed,
         probability_defaulted=probability is None,
         timings={k: round(v, 3) for k, v in timings.items()})

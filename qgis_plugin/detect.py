@@ -53,7 +53,8 @@ STAGES = Stages([
 # The core's option names in its messages, as the parameters are named (the dialog's help
 # lists each parameter with this name, and qgis_process takes it).
 WORDING = {"--bands": "BANDS", "--tile-size": "TILE_SIZE", "--overlap": "OVERLAP",
-           "--scales": "SCALES", "--threshold": "THRESHOLD", "--min-area": "MIN_AREA",
+           "--scales": "SCALES", "--threshold": "THRESHOLD", "--low-threshold": "LOW_THRESHOLD",
+           "--min-area": "MIN_AREA",
            "--model": "MODEL", "--device": "DEVICE"}
 
 
@@ -75,6 +76,11 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
                  "Default (none chosen): all bands, when their number fits the model.",
         "THRESHOLD": "Probability above which a pixel counts as changed (0 to 1). "
                      "Default (empty): the threshold calibrated for the model.",
+        "LOW_THRESHOLD": "Pixels above this probability, but not above the threshold, count "
+                         "as changed where they touch a change within 8 pixels, so that a "
+                         "change keeps its weaker rim (0 to the threshold). It helps where "
+                         "changes come out fragmented or thinner than they are, e.g. half "
+                         "the threshold. Default (empty): the threshold, plain thresholding.",
         "MIN_AREA": "Change regions smaller than this many square metres are dropped. "
                     f"Default (empty): {MIN_AREA_CELLS} cells of the model's output grid at "
                     "T1's pixel size (8 m² for the default model at 0.5 m pixels); the log "
@@ -139,6 +145,10 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
             QgsProcessingParameterNumber(
                 "THRESHOLD", self.tr("Change threshold (empty: the model's)"), type=double,
                 optional=True, minValue=0.0, maxValue=1.0),
+            advanced(QgsProcessingParameterNumber(
+                "LOW_THRESHOLD", self.tr("Lower threshold for a change's rim (empty: none)"),
+                type=double,
+                optional=True, minValue=0.0, maxValue=1.0)),
             QgsProcessingParameterNumber(
                 "MIN_AREA", self.tr(f"Minimum change area in m² (empty: {MIN_AREA_CELLS} cells "
                                     "of the model's output grid)"),
@@ -187,6 +197,7 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
         command += ["--min-area", f"{min_area:g}"]
         for name, option, as_value in (
             ("THRESHOLD", "--threshold", self.parameterAsDouble),
+            ("LOW_THRESHOLD", "--low-threshold", self.parameterAsDouble),
             ("TILE_SIZE", "--tile-size", self.parameterAsInt),
             ("OVERLAP", "--overlap", self.parameterAsInt),
             ("SCALES", "--scales", self.parameterAsString),

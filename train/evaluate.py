@@ -10,6 +10,7 @@ import numpy as np
 from kdmsi_core.checkpoint import default_model_path, has_first_stage
 from kdmsi_core.engine import ONNX_SUFFIX, Engine, has_module, load_engine, require_torch
 from kdmsi_core.errors import DataError, ParameterError
+from kdmsi_core.hysteresis import change_mask
 from kdmsi_core.inference import infer_batch
 from kdmsi_core.normalize import for_data
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
@@ -24,7 +25,7 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
              batch_size: int = 16, device: str = "auto", threshold: float | None = None,
              scales: Sequence[float] | None = None, teacher: bool = False,
              progress: Progress | None = None, bands: Sequence[int] | None = None,
-             engine: str = "auto") -> dict:
+             engine: str = "auto", low_threshold: float | None = None) -> dict:
     """Change-class metrics of each inference method on ``split`` (see :mod:`metrics`).
 
     Methods: ``msi`` (the product's inference), ``single`` (student sigmoid at scale 1, no
@@ -36,7 +37,8 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     the rest runs where only ``kdmsi-geo[onnx]`` is installed. A segmenter is shown beside
     its first-stage model (``stage1_msi``): the one its checkpoint carries (the embedded
     model does), else the one ``train --stages 2`` left, while that file is still there;
-    either needs torch.
+    either needs torch. ``low_threshold`` grows the student's masks as ``detect`` does
+    (:mod:`~kdmsi_core.hysteresis`); the first stage and the teacher stay plain.
     """
     progress = progress or NullProgress()
     folder = TileFolder.open(data_dir, split, need_labels=False, need_masks=True)
@@ -51,14 +53,20 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     used_scales = tuple(scales) if scales else card.scales
     runs = {"msi": (used_scales, True), "single": ((1.0,), False)}  # scales, flip
     thresholds = {"msi": t, "single": t}
+    lows = dict.fromkeys(thresholds, t if low_threshold is None else low_threshold)
+    if lows["msi"] > t:
+        raise ParameterError(f"--low-threshold {lows['msi']} is above the threshold {t}; give "
+                             "one at most the threshold.")
     if teacher:
         teacher_maps, thresholds["teacher_cam"] = _teacher(model, device)
+        lows["teacher_cam"] = thresholds["teacher_cam"]
     # The scaling rule detect applies to a raster, applied to a sample of the split.
     norm = for_data(card.normalization, sample_values(store))
     first = _first_stage(model, card.training.get("stage1_model"), engine, device)
     if first is not None:
         first_norm = for_data(first.card.normalization, sample_values(store))
         thresholds["stage1_msi"] = first.card.threshold
+        lows["stage1_msi"] = first.card.threshold
     results: dict = {"data": str(data_dir), "split": split, "tiles": len(store),
                      "model": str(student.path), "scales": list(used_scales), "methods": {}}
     confusions = {method: Confusion() for method in thresholds}
@@ -78,13 +86,15 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
         masks = [folder.mask(int(i)) for i in idx]
         for method, thr in thresholds.items():
             for m, truth in zip(maps[method], masks, strict=True):
-                confusions[method].update(m > thr, truth)
+                change = change_mask(m, thr, lows[method])
+                confusions[method].update(change, truth)
                 for score in shapes[method]:
-                    score.update(m > thr, truth)
+                    score.update(change, truth)
         progress.update("evaluate", int(idx[-1]) + 1, len(store))
     for method, thr in thresholds.items():
         outline, objects = shapes[method]
-        results["methods"][method] = {"threshold": thr, **confusions[method].as_dict(),
+        results["methods"][method] = {"threshold": thr, "low_threshold": lows[method],
+                                      **confusions[method].as_dict(),
                                       **outline.metrics(), **objects.as_dict()}
     return results
 

@@ -35,6 +35,10 @@ def summary_message(summary: dict) -> str:
 @click.option("--threshold", type=float, default=None,
               help="Probability above which a pixel is change, 0..1 "
                    "[default: the checkpoint's calibrated threshold].")
+@click.option("--low-threshold", type=float, default=None,
+              help="Pixels above this lower probability join a change they touch within 8 "
+                   "pixels, so that changes keep their weaker rim; 0..threshold "
+                   "[default: the threshold, plain thresholding].")
 @click.option("--min-area", type=float, default=0.0, show_default=True,
               help="Drop polygons smaller than this many m² (true areas for a geographic CRS).")
 @click.option("--tile-size", type=int, default=DEFAULT_TILE_SIZE, show_default=True,
@@ -55,9 +59,10 @@ def summary_message(summary: dict) -> str:
 @options.overwrite_opt
 @options.progress_opt
 def command(t1: str, t2: str, output: str, probability: str | None, mask: str | None,
-            model: str | None, threshold: float | None, min_area: float, tile_size: int,
-            overlap: int, batch_size: int | None, scales: tuple[float, ...] | None,
-            bands: tuple[int, ...] | None, device: str, engine: str, workers: int | None,
+            model: str | None, threshold: float | None, low_threshold: float | None,
+            min_area: float, tile_size: int, overlap: int, batch_size: int | None,
+            scales: tuple[float, ...] | None, bands: tuple[int, ...] | None, device: str,
+            engine: str, workers: int | None,
             scheduler: str | None, overwrite: bool, progress_kind: str) -> None:
     """Detect changes from T1 to T2 (GeoTIFFs of the same place, any size).
 
@@ -69,8 +74,9 @@ def command(t1: str, t2: str, output: str, probability: str | None, mask: str | 
     progress = make_progress(progress_kind)
     try:
         summary = detect(t1, t2, output, probability=probability, mask=mask, model=model,
-                         threshold=threshold, min_area=min_area, tile_size=tile_size,
-                         overlap=overlap, batch_size=batch_size, scales=scales, bands=bands,
+                         threshold=threshold, low_threshold=low_threshold,
+                         min_area=min_area, tile_size=tile_size, overlap=overlap,
+                         batch_size=batch_size, scales=scales, bands=bands,
                          device=device, engine=engine, overwrite=overwrite, workers=workers,
                          scheduler=scheduler, progress=progress)
     finally:

@@ -19,10 +19,10 @@ def format_table(results: dict) -> str:
     lines = [f"{results['tiles']} tiles of split '{results['split']}' in {results['data']}; "
              "change-class metrics, boundary F1 within 2 px, objects hit / missed / false "
              "(see README, 'Metrics')",
-             f"{'method':<12}{'thr':>6}" + "".join(f"{c[:9]:>10}" for c in COLUMNS)
+             f"{'method':<12}{'thr':>6}{'low':>6}" + "".join(f"{c[:9]:>10}" for c in COLUMNS)
              + "".join(f"{c[8:]:>8}" for c in OBJECTS)]
     for method, m in results["methods"].items():
-        lines.append(f"{method:<12}{m['threshold']:>6.3f}"
+        lines.append(f"{method:<12}{m['threshold']:>6.3f}{m['low_threshold']:>6.3f}"
                      + "".join(f"{m[c]:>10.4f}" for c in COLUMNS)
                      + "".join(f"{m[c]:>8d}" for c in OBJECTS))
     return "\n".join(lines)
@@ -34,6 +34,9 @@ def format_table(results: dict) -> str:
 @click.option("--split", default="test", show_default=True)
 @click.option("--threshold", type=click.FloatRange(0, 1),
               help="Override the checkpoint's calibrated threshold.")
+@click.option("--low-threshold", type=click.FloatRange(0, 1),
+              help="As in detect: pixels above it join a change they touch "
+                   "[default: the threshold, plain thresholding].")
 @scales_opt
 @click.option("--teacher", is_flag=True,
               help="Also evaluate the teacher CAM (if stored; needs torch).")
@@ -41,14 +44,14 @@ def format_table(results: dict) -> str:
 @device_opt
 @engine_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def command(data_dir, model, split, threshold, scales, teacher, batch_size, device, engine,
-            as_json) -> None:
+def command(data_dir, model, split, threshold, low_threshold, scales, teacher, batch_size,
+            device, engine, as_json) -> None:
     """Precision, recall, F1, IoU (change class), overall accuracy and kappa on DATA_DIR."""
     from kdmsi_train.evaluate import evaluate
 
     progress = make_progress("none" if as_json else "bar")
     results = evaluate(data_dir, model, split, batch_size, device, threshold, scales, teacher,
-                       progress, engine=engine)
+                       progress, engine=engine, low_threshold=low_threshold)
     if hasattr(progress, "close"):
         progress.close()
     click.echo(json.dumps(results, indent=2) if as_json else format_table(results))

@@ -62,6 +62,39 @@ def test_bar_mode_tells_where_the_default_probability_went(tmp_path: Path, pair,
     assert again.exit_code == 0 and again.stdout == again.stderr == ""
 
 
+def test_low_threshold_grows_changes_exactly_as_the_rule_on_the_whole_raster(
+        tmp_path: Path) -> None:
+    """The embedded model on a scene with changes; the mask with a lower threshold is the
+    hysteresis rule applied to the whole probability raster, whatever the tiles and strips."""
+    import rasterio
+
+    from kdmsi_core.hysteresis import change_mask
+    from kdmsi_core.outputs import PROBABILITY_NODATA
+
+    t1, t2 = scene((300, 260), seed=4, changes=((40, 40, 100, 90), (180, 150, 230, 240)))
+    a, b = write_tif(tmp_path / "a.tif", t1), write_tif(tmp_path / "b.tif", t2)
+    common = (a, b, "--tile-size", "96", "--overlap", "16", "--progress", "none")
+    assert _run(*common, "-o", tmp_path / "plain.gpkg", "--mask", tmp_path / "plain.tif",
+                "--probability", tmp_path / "p.tif").exit_code == 0
+    with rasterio.open(tmp_path / "p.tif") as src:
+        prob = src.read(1)
+    valid = prob != PROBABILITY_NODATA
+    high = float(np.quantile(prob[valid], 0.98))
+    low = high / 3
+    result = _run(*common, "-o", tmp_path / "grown.gpkg", "--mask", tmp_path / "grown.tif",
+                  "--probability", tmp_path / "p2.tif", "--threshold", str(high),
+                  "--low-threshold", str(low), "--progress", "json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])["summary"]
+    assert summary["low_threshold"] == pytest.approx(low)
+    with rasterio.open(tmp_path / "grown.tif") as src:
+        grown = src.read(1)
+        assert src.tags()["kdmsi_low_threshold"] == str(low)
+    expected = change_mask(prob, high, low, valid)
+    assert np.array_equal(grown[valid], expected[valid].astype(np.uint8))
+    assert expected.sum() > (prob > high).sum()  # growth happened on this scene
+
+
 def _bad_cases(tmp: Path, pair: tuple[Path, Path], model: Path) -> list:
     text = tmp / "notes.tif"
     text.write_text("hello")
@@ -90,6 +123,9 @@ def _bad_cases(tmp: Path, pair: tuple[Path, Path], model: Path) -> list:
         ((t1, t2, "-o", tmp / "c.shp", *m), 4, "must be a GeoPackage"),
         ((t1, t2, "-o", out, "--threshold", "1.5", *m), 2, "outside 0..1"),
         ((t1, t2, "-o", out, "--threshold", "-0.1", *m), 2, "outside 0..1"),
+        ((t1, t2, "-o", out, "--low-threshold", "1.5", *m), 2, "outside 0..1"),
+        ((t1, t2, "-o", out, "--threshold", "0.3", "--low-threshold", "0.5", *m), 2,
+         "above the threshold 0.3"),
         ((t1, t2, "-o", out, "--tile-size", "8", *m), 2, "smaller than the network's"),
         ((t1, t2, "-o", out, "--tile-size", "64", "--overlap", "64", *m), 2,
          "must be smaller than --tile-size"),
@@ -177,7 +213,8 @@ def test_interrupted_run_leaves_no_output_and_no_temporaries(tmp_path: Path,
 
 def test_help_lists_the_options() -> None:
     result = CliRunner().invoke(cli, ["detect", "--help"])
-    for option in ("--model", "--probability", "--mask", "--threshold", "--min-area",
+    for option in ("--model", "--probability", "--mask", "--threshold", "--low-threshold",
+                   "--min-area",
                    "--tile-size", "--overlap", "--batch-size", "--scales", "--bands",
                    "--device", "--overwrite", "--progress"):
         assert option in result.stdout

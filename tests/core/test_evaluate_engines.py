@@ -75,6 +75,20 @@ def test_the_teacher_cam_alone_needs_torch_and_a_checkpoint(synth: Path, segment
     assert {"msi", "single", "stage1_msi", "teacher_cam"} == set(methods)
 
 
+def test_a_lower_threshold_grows_the_students_masks_only(synth: Path) -> None:
+    tiles = synth / "tiles"
+    plain = evaluate(tiles, None, "train", engine="torch")["methods"]
+    t = plain["msi"]["threshold"]
+    assert plain["msi"]["low_threshold"] == t
+    grown = evaluate(tiles, None, "train", engine="torch", low_threshold=t / 3)["methods"]
+    assert grown["msi"]["low_threshold"] == t / 3
+    assert grown["msi"]["tp"] + grown["msi"]["fp"] > plain["msi"]["tp"] + plain["msi"]["fp"]
+    assert grown["msi"]["tp"] >= plain["msi"]["tp"] and grown["msi"]["fn"] <= plain["msi"]["fn"]
+    assert grown["stage1_msi"] == plain["stage1_msi"]
+    with pytest.raises(ParameterError, match="above the threshold"):
+        evaluate(tiles, None, "train", engine="torch", low_threshold=min(1.0, 2 * t))
+
+
 def _run_homeless(home: Path, *args: object) -> subprocess.CompletedProcess:
     """The CLI with ``home`` as its home folder and ONNX Runtime's telemetry as installed;
     as an unprivileged user when the tests run as root, who may write everywhere."""

@@ -14,6 +14,7 @@ from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
 from kdmsi_core.errors import Cancelled, OutputError
+from kdmsi_core.hysteresis import change_mask
 from kdmsi_core.outputs import (
     MASK_NODATA,
     PROBABILITY_NODATA,
@@ -116,12 +117,13 @@ def _grid(width: int, height: int) -> Grid:
 def test_strip_writer_fills_outside_the_region_and_thresholds(tmp_path: Path) -> None:
     grid, region = _grid(50, 40), Window(10, 5, 30, 20)
     paths = [tmp_path / f"{n}.tif" for n in ("p", "c", "m")]
-    writer = StripWriter(grid, region, 0.5, *paths, tags={"kdmsi_threshold": "0.5"})
+    writer = StripWriter(grid, region, 0.5, 0.5, *paths, tags={"kdmsi_threshold": "0.5"})
     prob = np.tile(np.linspace(0, 1, 30, dtype=np.float32), (20, 1))
     valid = np.ones((20, 30), bool)
     valid[:, :3] = False
     writer.write(5, prob[:12], valid[:12])
     writer.write(17, prob[12:], valid[12:])
+    writer.finish()
     writer.close()
     with rasterio.open(paths[0]) as p, rasterio.open(paths[1]) as c, \
             rasterio.open(paths[2]) as m:
@@ -139,14 +141,55 @@ def test_strip_writer_fills_outside_the_region_and_thresholds(tmp_path: Path) ->
     assert writer.changed_pixels == int((inner > 0.5).sum())
 
 
+def test_strip_writer_grows_changes_across_strips_as_on_the_whole_raster(
+        tmp_path: Path) -> None:
+    """Strips of any height, some shorter than the growth reach, give the mask the rule gives
+    the whole region at once."""
+    grid, region = _grid(60, 70), Window(4, 3, 50, 61)
+    rng = np.random.default_rng(3)
+    prob = rng.random((61, 50)).astype(np.float32) ** 3  # mostly weak, a few sure pixels
+    prob[20:40, 10:12] = 0.45  # a weak band that crosses strips, touching one sure pixel
+    prob[39, 11] = 0.9
+    valid = np.ones((61, 50), bool)
+    valid[:, 45:] = False
+    paths = [tmp_path / f"{n}.tif" for n in ("p", "c", "m")]
+    writer = StripWriter(grid, region, 0.6, 0.3, *paths, tags={})
+    row = 0
+    for height in (5, 2, 17, 1, 9, 27):
+        writer.write(3 + row, prob[row:row + height], valid[row:row + height])
+        row += height
+    assert row == 61
+    writer.finish()
+    writer.close()
+    expected = change_mask(prob, 0.6, 0.3, valid)
+    with rasterio.open(paths[1]) as c, rasterio.open(paths[2]) as m:
+        cv, mv = c.read(1), m.read(1)
+    assert np.array_equal(cv[3:64, 4:54], expected.astype(np.uint8))
+    assert np.array_equal(mv[3:64, 4:54][valid], expected[valid].astype(np.uint8))
+    assert expected.sum() > (prob * valid > 0.6).sum()  # the rule did grow here
+    assert expected[31:40, 10:12].all() and not expected[:, 45:].any()
+    assert writer.changed_pixels == int(expected.sum())
+
+
+def test_strip_writer_refuses_strips_out_of_order(tmp_path: Path) -> None:
+    grid = _grid(20, 20)
+    writer = StripWriter(grid, Window(0, 0, 20, 20), 0.5, 0.25, tmp_path / "p.tif",
+                         tmp_path / "c.tif", None, tags={})
+    writer.write(0, np.zeros((5, 20), np.float32), np.ones((5, 20), bool))
+    with pytest.raises(ValueError, match="out of order"):
+        writer.write(10, np.zeros((5, 20), np.float32), np.ones((5, 20), bool))
+    writer.close()
+
+
 def test_write_cog_is_a_valid_cog_with_overviews_and_nodata(tmp_path: Path) -> None:
     grid = _grid(1300, 1100)
     src = tmp_path / "p.tif"
-    writer = StripWriter(grid, Window(0, 0, 1300, 1100), 0.5, src, tmp_path / "c.tif", None,
-                         tags={})
+    writer = StripWriter(grid, Window(0, 0, 1300, 1100), 0.5, 0.25, src, tmp_path / "c.tif",
+                         None, tags={})
     rng = np.random.default_rng(0)
     for row in range(0, 1100, 100):
         writer.write(row, rng.random((100, 1300), dtype=np.float32), np.ones((100, 1300), bool))
+    writer.finish()
     writer.close()
     write_cog(src, tmp_path / "cog.tif", "AVERAGE")
     valid, errors, warnings = cog_validate(tmp_path / "cog.tif", strict=True)
