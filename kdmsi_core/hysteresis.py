@@ -15,8 +15,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from kdmsi_core.errors import ParameterError
+
 GROW_PX = 8
 """How far, in pixels along the weak pixels, a change grows from its sure part."""
+
+
+def lower_threshold(threshold: float, low: float | None) -> float:
+    """The lower threshold in use: ``low``, or the threshold itself (no growth) when None."""
+    if low is None:
+        return threshold
+    if low > threshold:
+        raise ParameterError(f"--low-threshold {low} is above the threshold {threshold}; give "
+                             "a lower threshold at most the threshold (equal to it: no growth).")
+    return float(low)
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:

@@ -310,15 +310,17 @@ class StripWriter:
     probability (float32, nodata -1), the change raster used for polygons (uint8 1 = change,
     0 elsewhere) and optionally the user's mask (1 change, 0 none, 255 nodata).
 
-    The change rule (:func:`~kdmsi_core.hysteresis.change_mask`) looks :data:`GROW_PX` rows
-    across, so rows are held back until that many rows below them have arrived, and decided
-    with as many rows above them: the result equals the rule applied to the whole raster,
-    with a few strips of memory. :meth:`finish` writes the last rows."""
+    With a lower threshold the change rule (:func:`~kdmsi_core.hysteresis.change_mask`)
+    looks :data:`GROW_PX` rows across, so rows are held back until that many rows below them
+    have arrived, and decided with as many rows above them: the result equals the rule
+    applied to the whole raster, with a few strips of memory. Plain thresholding holds
+    nothing back. :meth:`finish` writes the last rows."""
 
     def __init__(self, grid: Grid, region: Window, threshold: float, low: float,
                  probability: Path, changes: Path, mask: Path | None,
                  tags: dict[str, str]) -> None:
         self.grid, self.region, self.threshold, self.low = grid, region, threshold, low
+        self._reach = GROW_PX if low < threshold else 0  # rows the rule looks across
         self.changed_pixels = 0
         self._row = int(region.row_off)  # grid row of the first held row
         self._held = np.zeros((0, grid.width), np.float32)
@@ -371,7 +373,7 @@ class StripWriter:
         ok[:, c0:c0 + width] = valid
         self._held = np.concatenate([self._held, prob])
         self._held_ok = np.concatenate([self._held_ok, ok])
-        self._decide(len(self._held) - GROW_PX)
+        self._decide(len(self._held) - self._reach)
 
     def finish(self) -> None:
         """Write the rows still held: nothing comes below them."""
@@ -381,12 +383,12 @@ class StripWriter:
         """Write the held rows up to index ``stop`` and keep the context the next need."""
         if stop <= self._context:
             return
-        change = change_mask(self._held[:stop + GROW_PX], self.threshold, self.low,
-                             self._held_ok[:stop + GROW_PX])
+        end = stop + self._reach
+        change = change_mask(self._held[:end], self.threshold, self.low, self._held_ok[:end])
         rows = slice(self._context, stop)
         self._emit(self._row, self._held[rows], self._held_ok[rows], change[rows])
         self._row += stop - self._context
-        keep = max(0, stop - GROW_PX)
+        keep = max(0, stop - self._reach)
         self._held, self._held_ok = self._held[keep:], self._held_ok[keep:]
         self._context = stop - keep
 

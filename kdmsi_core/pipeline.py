@@ -20,6 +20,7 @@ import rasterio
 
 from kdmsi_core.engine import Engine, load_engine
 from kdmsi_core.errors import InputError, ParameterError
+from kdmsi_core.hysteresis import lower_threshold
 from kdmsi_core.inference import TileResults, default_batch_size, local_results
 from kdmsi_core.limits import SCALES_RULE, valid_scales, valid_threshold
 from kdmsi_core.normalize import Normalization
@@ -174,10 +175,7 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     card = runner.card
     check_tiling(tile_size, overlap, card.network.output_stride)
     threshold = card.threshold if threshold is None else float(threshold)
-    low = threshold if low_threshold is None else float(low_threshold)
-    if low > threshold:
-        raise ParameterError(f"--low-threshold {low} is above the threshold {threshold}; give "
-                             "a lower threshold at most the threshold (equal to it: no growth).")
+    low = lower_threshold(threshold, low_threshold)
     scales = tuple(card.scales if scales is None else (float(s) for s in scales))
     targets = [output, prob_path] + ([mask_path] if mask_path else [])
     tags = {"kdmsi_model": runner.path.name, "kdmsi_threshold": str(threshold),

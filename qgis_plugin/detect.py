@@ -54,8 +54,7 @@ STAGES = Stages([
 # lists each parameter with this name, and qgis_process takes it).
 WORDING = {"--bands": "BANDS", "--tile-size": "TILE_SIZE", "--overlap": "OVERLAP",
            "--scales": "SCALES", "--threshold": "THRESHOLD", "--low-threshold": "LOW_THRESHOLD",
-           "--min-area": "MIN_AREA",
-           "--model": "MODEL", "--device": "DEVICE"}
+           "--min-area": "MIN_AREA", "--model": "MODEL", "--device": "DEVICE"}
 
 
 class DetectChangesAlgorithm(KdmsiAlgorithm):
@@ -147,8 +146,7 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
                 optional=True, minValue=0.0, maxValue=1.0),
             advanced(QgsProcessingParameterNumber(
                 "LOW_THRESHOLD", self.tr("Lower threshold for a change's rim (empty: none)"),
-                type=double,
-                optional=True, minValue=0.0, maxValue=1.0)),
+                type=double, optional=True, minValue=0.0, maxValue=1.0)),
             QgsProcessingParameterNumber(
                 "MIN_AREA", self.tr(f"Minimum change area in m² (empty: {MIN_AREA_CELLS} cells "
                                     "of the model's output grid)"),

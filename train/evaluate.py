@@ -10,7 +10,7 @@ import numpy as np
 from kdmsi_core.checkpoint import default_model_path, has_first_stage
 from kdmsi_core.engine import ONNX_SUFFIX, Engine, has_module, load_engine, require_torch
 from kdmsi_core.errors import DataError, ParameterError
-from kdmsi_core.hysteresis import change_mask
+from kdmsi_core.hysteresis import change_mask, lower_threshold
 from kdmsi_core.inference import infer_batch
 from kdmsi_core.normalize import for_data
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
@@ -53,10 +53,7 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     used_scales = tuple(scales) if scales else card.scales
     runs = {"msi": (used_scales, True), "single": ((1.0,), False)}  # scales, flip
     thresholds = {"msi": t, "single": t}
-    lows = dict.fromkeys(thresholds, t if low_threshold is None else low_threshold)
-    if lows["msi"] > t:
-        raise ParameterError(f"--low-threshold {lows['msi']} is above the threshold {t}; give "
-                             "one at most the threshold.")
+    lows = dict.fromkeys(thresholds, lower_threshold(t, low_threshold))
     if teacher:
         teacher_maps, thresholds["teacher_cam"] = _teacher(model, device)
         lows["teacher_cam"] = thresholds["teacher_cam"]
