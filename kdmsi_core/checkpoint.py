@@ -25,10 +25,17 @@ from typing import TYPE_CHECKING
 from safetensors import SafetensorError, safe_open
 
 from kdmsi_core.errors import CheckpointError
-from kdmsi_core.limits import SCALES_RULE, valid_scales, valid_threshold
+from kdmsi_core.limits import (
+    REFINE_RADIUS_MAX,
+    SCALES_RULE,
+    valid_radius,
+    valid_scales,
+    valid_threshold,
+)
 from kdmsi_core.msi import DEFAULT_SCALES
 from kdmsi_core.netconfig import NetworkConfig
 from kdmsi_core.normalize import Normalization
+from kdmsi_core.refine import Refinement
 
 if TYPE_CHECKING:  # torch only where a network is built: cards are read without it
     import torch
@@ -74,6 +81,9 @@ class ModelCard:
     teacher_combination: str | None = None
     training: dict = field(default_factory=dict)
     kind: str = CAM_STUDENT
+    refine: Refinement | None = None
+    """Edge-aware refinement of the probabilities (:mod:`kdmsi_core.refine`); cards written
+    before it existed have none."""
 
     @property
     def map_stride(self) -> int:
@@ -97,6 +107,7 @@ class ModelCard:
             "threshold_rule": self.threshold_rule,
             "teacher_combination": self.teacher_combination,
             "training": self.training,
+            "refine": None if self.refine is None else self.refine.to_dict(),
         })
 
     @classmethod
@@ -124,7 +135,7 @@ class ModelCard:
         return cls(network, Normalization.from_dict(d["normalization"]), int(d["tile_size"]),
                    float(d["threshold"]), tuple(float(s) for s in d["scales"]), names,
                    d.get("threshold_rule", ""), d.get("teacher_combination"),
-                   d.get("training", {}), kind)
+                   d.get("training", {}), kind, Refinement.from_dict(d.get("refine")))
 
 
 @dataclass
@@ -280,6 +291,12 @@ def card_problem(card: ModelCard) -> str | None:
         return f"the threshold {card.threshold} is outside 0..1"
     if card.tile_size < 1:
         return f"the tile size {card.tile_size} is not a size in pixels"
+    refine = card.refine
+    if refine is not None and not (valid_radius(refine.radius) and 1 <= refine.step <= 16
+                                   and math.isfinite(refine.eps) and refine.eps > 0):
+        return (f"the refinement (radius {refine.radius}, eps {refine.eps}, step "
+                f"{refine.step}) needs a radius of 0 to {REFINE_RADIUS_MAX} px, a positive eps "
+                "and a step of 1 to 16")
     return None
 
 

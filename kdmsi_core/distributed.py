@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from kdmsi_core.errors import CheckpointError, InputError, ParameterError
 from kdmsi_core.normalize import Normalization
+from kdmsi_core.refine import Refinement
 from kdmsi_core.tiling import Tile
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class Job:
     norms: tuple[Normalization, Normalization]
     scales: tuple[float, ...]
     batch_size: int
+    refinement: Refinement | None
 
 
 def file_digest(path: Path) -> str:
@@ -134,7 +136,7 @@ def run_block(job: Job, tiles: Sequence[Tile]) -> list[TileResults]:
     loaded, pair = _worker_state(job)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         return list(local_results(loaded, pair, list(tiles), job.norms, job.scales,
-                                  job.batch_size))
+                                  job.batch_size, job.refinement))
 
 
 def _import_distributed():

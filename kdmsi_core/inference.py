@@ -19,6 +19,7 @@ from kdmsi_core.engine import Engine
 from kdmsi_core.msi import msi
 from kdmsi_core.normalize import Normalization
 from kdmsi_core.raster import RasterPair
+from kdmsi_core.refine import Refinement, refine
 from kdmsi_core.tiling import Tile
 
 PREFETCH = 2
@@ -146,16 +147,19 @@ class TileResults:
 
 
 def infer_batch(engine: Engine, t1: np.ndarray, t2: np.ndarray, scales: Sequence[float],
-                flip: bool = True) -> np.ndarray:
-    """MSI probabilities (n, h, w) float32 of one normalised batch on ``engine``."""
+                flip: bool = True, refinement: Refinement | None = None) -> np.ndarray:
+    """MSI probabilities (n, h, w) float32 of one normalised batch on ``engine``, refined
+    along the images' edges when ``refinement`` says so (on the engine's device)."""
     with engine.running():
         x1, x2 = engine.inputs(t1, t2)
-        return engine.numpy(msi(engine.network, x1, x2, scales, flip)[:, 0])
+        prob = refine(msi(engine.network, x1, x2, scales, flip), x1, x2, refinement)
+        return engine.numpy(prob[:, 0])
 
 
 def local_results(engine: Engine, pair: RasterPair, tiles: list[Tile],
                   norms: tuple[Normalization, Normalization], scales: Sequence[float],
-                  batch_size: int) -> Iterator[TileResults]:
+                  batch_size: int, refinement: Refinement | None = None
+                  ) -> Iterator[TileResults]:
     """Tile results computed in this process.
 
     On a GPU a reader thread prepares the next batches while the network runs. On the CPU
@@ -166,6 +170,7 @@ def local_results(engine: Engine, pair: RasterPair, tiles: list[Tile],
     on_gpu = engine.device.startswith("cuda")
     with _Prefetcher(source) if on_gpu else nullcontext(source) as ready:
         for batch in ready:
-            prob = (infer_batch(engine, batch.t1, batch.t2, scales) if batch.tiles else None)
+            prob = (infer_batch(engine, batch.t1, batch.t2, scales, refinement=refinement)
+                    if batch.tiles else None)
             yield TileResults(batch.tiles, prob, batch.valid,
                               len(batch.tiles) + batch.skipped)

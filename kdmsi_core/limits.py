@@ -23,3 +23,14 @@ def valid_scales(scales: Sequence[float]) -> bool:
 def valid_threshold(threshold: float) -> bool:
     """A probability: finite and within 0..1."""
     return isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0
+
+
+REFINE_RADIUS_MAX = 64
+"""The guided filter's window radius, in pixels: 0 turns it off; wider than 64 px (a 129-px
+window, half a default tile) it would blur across whole buildings instead of following their
+outlines."""
+
+
+def valid_radius(radius: int) -> bool:
+    """A refinement radius: a whole number of pixels within 0..``REFINE_RADIUS_MAX``."""
+    return isinstance(radius, int) and 0 <= radius <= REFINE_RADIUS_MAX

@@ -24,7 +24,8 @@ Array = TypeVar("Array")
 """A torch tensor or a numpy array, (N, C, H, W)."""
 
 
-def _resize(x: Array, size: tuple[int, int], mode: str) -> Array:
+def resize_array(x: Array, size: tuple[int, int], mode: str) -> Array:
+    """A tensor or numpy array (..., H, W) resized to ``size`` (torch's rule either way)."""
     if tuple(x.shape[-2:]) == size:
         return x
     if isinstance(x, np.ndarray):
@@ -60,13 +61,13 @@ def scale_probabilities(model: Callable[[Array, Array], Array], t1: Array, t2: A
     ``model`` maps normalised t1, t2 to change logits of any size."""
     n, _, h, w = t1.shape
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    a, b = _resize(t1, size, "bicubic"), _resize(t2, size, "bicubic")
+    a, b = resize_array(t1, size, "bicubic"), resize_array(t2, size, "bicubic")
     if flip:
         a, b = _cat(a, _flip(a)), _cat(b, _flip(b))
     prob = _sigmoid(model(a, b))
     if flip:
         prob = (prob[:n] + _flip(prob[n:])) / 2
-    return _resize(prob, (h, w), "bilinear")
+    return resize_array(prob, (h, w), "bilinear")
 
 
 def msi(model: Callable[[Array, Array], Array], t1: Array, t2: Array,

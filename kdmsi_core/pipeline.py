@@ -27,6 +27,7 @@ from kdmsi_core.normalize import Normalization
 from kdmsi_core.outputs import Staging, StripWriter, check_outputs, write_cog, write_errors
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_core.raster import RasterPair, absolute
+from kdmsi_core.refine import Refinement, for_run
 from kdmsi_core.signals import stop_on_signals
 from kdmsi_core.stitch import StripStitcher
 from kdmsi_core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, Tile, check_tiling, plan_tiles
@@ -49,6 +50,7 @@ class DetectSummary:
     threshold: float
     low_threshold: float
     scales: tuple[float, ...]
+    refine_radius: int
     tile_size: int
     overlap: int
     batch_size: int
@@ -107,7 +109,7 @@ def _cluster(workers: int | None, scheduler: str | None) -> Iterator[tuple | Non
 def _cluster_results(cluster: tuple, t1: str | os.PathLike, t2: str | os.PathLike,
                      pair: RasterPair, model: str | os.PathLike | None, engine: Engine,
                      device: str, norms: tuple[Normalization, Normalization],
-                     scales: Sequence[float], batch_size: int,
+                     scales: Sequence[float], batch_size: int, refinement: Refinement | None,
                      tiles: list[Tile]) -> Iterator[TileResults]:
     from kdmsi_core import distributed
 
@@ -116,7 +118,7 @@ def _cluster_results(cluster: tuple, t1: str | os.PathLike, t2: str | os.PathLik
         t1=absolute(t1), t2=absolute(t2), bands=tuple(pair.bands),
         model=None if model is None else str(Path(model).resolve()), engine=engine.name,
         digest=distributed.file_digest(engine.path), device=device, threads=threads,
-        norms=norms, scales=tuple(scales), batch_size=batch_size)
+        norms=norms, scales=tuple(scales), batch_size=batch_size, refinement=refinement)
     return distributed.cluster_results(client, job, tiles)
 
 
@@ -142,7 +144,8 @@ def stitch_results(results: Iterator[TileResults], total: int, stitcher: StripSt
 def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLike, *,
            probability: str | os.PathLike | None = None, mask: str | os.PathLike | None = None,
            model: str | os.PathLike | None = None, threshold: float | None = None,
-           low_threshold: float | None = None, min_area: float = 0.0,
+           low_threshold: float | None = None, refine_radius: int | None = None,
+           min_area: float = 0.0,
            tile_size: int = DEFAULT_TILE_SIZE, overlap: int = DEFAULT_OVERLAP,
            batch_size: int | None = None,
            scales: Sequence[float] | None = None, bands: Sequence[int] | None = None,
@@ -157,7 +160,8 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     address of a running one) spread the tiles over Dask workers; the outputs are the same.
     ``threshold``, ``scales`` default to the checkpoint's; pixels above ``low_threshold``
     (at most the threshold; default the threshold: no growth) join a change they touch
-    (:mod:`~kdmsi_core.hysteresis`); ``min_area`` is in m²;
+    (:mod:`~kdmsi_core.hysteresis`); ``refine_radius`` replaces the radius of the model's
+    edge-aware refinement (0: none; :mod:`~kdmsi_core.refine`); ``min_area`` is in m²;
     ``batch_size`` defaults to :func:`default_batch_size`. ``model`` is a ``.safetensors``
     checkpoint or an ``.onnx`` export; ``engine`` (auto, torch, onnxruntime) runs its network
     (:func:`~kdmsi_core.engine.load_engine`). Outputs appear only when all are
@@ -177,10 +181,13 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     threshold = card.threshold if threshold is None else float(threshold)
     low = lower_threshold(threshold, low_threshold)
     scales = tuple(card.scales if scales is None else (float(s) for s in scales))
+    refinement = for_run(card.refine, refine_radius)
+    radius = refinement.radius if refinement else 0
     targets = [output, prob_path] + ([mask_path] if mask_path else [])
     tags = {"kdmsi_model": runner.path.name, "kdmsi_threshold": str(threshold),
             "kdmsi_low_threshold": str(low),
             "kdmsi_scales": ",".join(str(s) for s in scales),
+            "kdmsi_refine_radius": str(radius),
             "kdmsi_t1": Path(t1).name, "kdmsi_t2": Path(t2).name}
 
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), stop_on_signals(), \
@@ -200,10 +207,11 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
             stitcher = StripStitcher(pair.window, tiles[0][0].height, writer.write)
             flat = [t for row in tiles for t in row]
             if cluster is None:
-                results = local_results(runner, pair, flat, norms, scales, batch_size)
+                results = local_results(runner, pair, flat, norms, scales, batch_size,
+                                        refinement)
             else:
                 results = _cluster_results(cluster, t1, t2, pair, model, runner, device,
-                                           norms, scales, batch_size, flat)
+                                           norms, scales, batch_size, refinement, flat)
             with closing(results):
                 stitch_results(results, len(flat), stitcher, progress)
             writer.finish()
@@ -230,6 +238,7 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
         changes=output, probability=prob_path, mask=mask_path, polygons=polygons,
         changed_area_m2=area, seconds=round(time.perf_counter() - started, 3),
         model=runner.path, threshold=threshold, low_threshold=low, scales=scales,
+        refine_radius=radius,
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=runner.device,
         engine=runner.name,
         crs=grid.crs.to_string(), width=grid.width, height=grid.height, analysed=analysed,

@@ -54,6 +54,7 @@ STAGES = Stages([
 # lists each parameter with this name, and qgis_process takes it).
 WORDING = {"--bands": "BANDS", "--tile-size": "TILE_SIZE", "--overlap": "OVERLAP",
            "--scales": "SCALES", "--threshold": "THRESHOLD", "--low-threshold": "LOW_THRESHOLD",
+           "--refine-radius": "REFINE_RADIUS",
            "--min-area": "MIN_AREA", "--model": "MODEL", "--device": "DEVICE"}
 
 
@@ -80,6 +81,11 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
                          "change keeps its weaker rim (0 to the threshold). It helps where "
                          "changes come out fragmented or thinner than they are, e.g. half "
                          "the threshold. Default (empty): the threshold, plain thresholding.",
+        "REFINE_RADIUS": "Radius in pixels of the windows in which the change probability "
+                         "is fitted to both images, so that outlines follow the images' "
+                         "edges (a changed roof's outline, not a blob around it). 0 turns it "
+                         "off. Default (empty): the model's setting (12 px for the default "
+                         "model; none for models without one).",
         "MIN_AREA": "Change regions smaller than this many square metres are dropped. "
                     f"Default (empty): {MIN_AREA_CELLS} cells of the model's output grid at "
                     "T1's pixel size (8 m² for the default model at 0.5 m pixels); the log "
@@ -147,6 +153,10 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
             advanced(QgsProcessingParameterNumber(
                 "LOW_THRESHOLD", self.tr("Lower threshold for a change's rim (empty: none)"),
                 type=double, optional=True, minValue=0.0, maxValue=1.0)),
+            advanced(QgsProcessingParameterNumber(
+                "REFINE_RADIUS", self.tr("Outline refinement radius in pixels (empty: the "
+                                         "model's; 0: off)"),
+                type=integer, optional=True, minValue=0, maxValue=64)),
             QgsProcessingParameterNumber(
                 "MIN_AREA", self.tr(f"Minimum change area in m² (empty: {MIN_AREA_CELLS} cells "
                                     "of the model's output grid)"),
@@ -196,6 +206,7 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
         for name, option, as_value in (
             ("THRESHOLD", "--threshold", self.parameterAsDouble),
             ("LOW_THRESHOLD", "--low-threshold", self.parameterAsDouble),
+            ("REFINE_RADIUS", "--refine-radius", self.parameterAsInt),
             ("TILE_SIZE", "--tile-size", self.parameterAsInt),
             ("OVERLAP", "--overlap", self.parameterAsInt),
             ("SCALES", "--scales", self.parameterAsString),

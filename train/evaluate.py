@@ -14,6 +14,7 @@ from kdmsi_core.hysteresis import change_mask, lower_threshold
 from kdmsi_core.inference import infer_batch
 from kdmsi_core.normalize import for_data
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
+from kdmsi_core.refine import for_run
 from kdmsi_train.datasets import PairStore, TileFolder, sample_values
 from kdmsi_train.metrics import Confusion
 from kdmsi_train.shape_metrics import BoundaryScore, ObjectCounts
@@ -25,7 +26,8 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
              batch_size: int = 16, device: str = "auto", threshold: float | None = None,
              scales: Sequence[float] | None = None, teacher: bool = False,
              progress: Progress | None = None, bands: Sequence[int] | None = None,
-             engine: str = "auto", low_threshold: float | None = None) -> dict:
+             engine: str = "auto", low_threshold: float | None = None,
+             refine_radius: int | None = None) -> dict:
     """Change-class metrics of each inference method on ``split`` (see :mod:`metrics`).
 
     Methods: ``msi`` (the product's inference), ``single`` (student sigmoid at scale 1, no
@@ -39,6 +41,9 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     model does), else the one ``train --stages 2`` left, while that file is still there;
     either needs torch. ``low_threshold`` grows the student's masks as ``detect`` does
     (:mod:`~kdmsi_core.hysteresis`); the first stage and the teacher stay plain.
+    ``msi`` is refined along the images' edges as the model's card says, or with
+    ``refine_radius`` (0: not at all; :mod:`~kdmsi_core.refine`); when it is, ``msi_raw``
+    shows the same maps unrefined.
     """
     progress = progress or NullProgress()
     folder = TileFolder.open(data_dir, split, need_labels=False, need_masks=True)
@@ -51,8 +56,11 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
                         f"model trained on {store.shape[0]}-band tiles.")
     t = card.threshold if threshold is None else threshold
     used_scales = tuple(scales) if scales else card.scales
-    runs = {"msi": (used_scales, True), "single": ((1.0,), False)}  # scales, flip
-    thresholds = {"msi": t, "single": t}
+    refinement = for_run(card.refine, refine_radius)
+    runs = {"msi": (used_scales, True, refinement), "single": ((1.0,), False, None)}
+    if refinement is not None:
+        runs["msi_raw"] = (used_scales, True, None)
+    thresholds = dict.fromkeys(runs, t)
     lows = dict.fromkeys(thresholds, lower_threshold(t, low_threshold))
     if teacher:
         teacher_maps, thresholds["teacher_cam"] = _teacher(model, device)
@@ -65,7 +73,8 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
         thresholds["stage1_msi"] = first.card.threshold
         lows["stage1_msi"] = first.card.threshold
     results: dict = {"data": str(data_dir), "split": split, "tiles": len(store),
-                     "model": str(student.path), "scales": list(used_scales), "methods": {}}
+                     "model": str(student.path), "scales": list(used_scales),
+                     "refine_radius": refinement.radius if refinement else 0, "methods": {}}
     confusions = {method: Confusion() for method in thresholds}
     shapes = {method: (BoundaryScore(), ObjectCounts()) for method in thresholds}
     for start in range(0, len(store), batch_size):
@@ -73,8 +82,8 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
         idx = np.arange(start, min(start + batch_size, len(store)))
         a, b = store.batch(idx)
         t1, t2 = norm.apply(a), norm.apply(b)
-        maps = {method: infer_batch(student, t1, t2, s, flip)
-                for method, (s, flip) in runs.items()}
+        maps = {method: infer_batch(student, t1, t2, s, flip, refined)
+                for method, (s, flip, refined) in runs.items()}
         if first is not None:
             maps["stage1_msi"] = infer_batch(first, first_norm.apply(a), first_norm.apply(b),
                                              first.card.scales, True)

@@ -15,7 +15,9 @@ flat, and over twelve runs it gave no better F1 than the last epoch. The thresho
 segmenter fine-tuned from a trained one flags as many validation pixels as its start does
 at its own (:func:`matched_threshold`); a new segmenter's follows the rule of
 :mod:`kdmsi_train.threshold` on the validation maps. Neither reads a pixel mask: only the
-pseudo labels of the training split.
+pseudo labels of the training split. The card asks for the edge-aware refinement of
+:mod:`kdmsi_core.refine` at inference; the threshold is calibrated on the maps before it,
+whose level the refinement keeps where the images hold no edge.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from kdmsi_core.errors import CheckpointError, DataError
 from kdmsi_core.model import NetworkConfig, place
 from kdmsi_core.normalize import Normalization
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
+from kdmsi_core.refine import Refinement
 from kdmsi_core.segmenter import SiameseSegmenter
 from kdmsi_train import threshold
 from kdmsi_train.datasets import PairStore
@@ -569,6 +572,7 @@ def fit_segmenter(pseudo_dir: str | Path, val_store: PairStore | None, output: s
         band_names=tuple(f"band{i + 1}" for i in range(network.config.in_channels)),
         threshold_rule=rule,
         kind=SEGMENTER,
+        refine=Refinement(),
         training={
             **(data_summary or {}),
             "stage": 2,

@@ -39,6 +39,7 @@ def summary_message(summary: dict) -> str:
               help="Pixels above this lower probability join a change they touch within 8 "
                    "pixels, so that changes keep their weaker rim; 0..threshold "
                    "[default: the threshold, plain thresholding].")
+@options.refine_radius_opt
 @click.option("--min-area", type=float, default=0.0, show_default=True,
               help="Drop polygons smaller than this many m² (true areas for a geographic CRS).")
 @click.option("--tile-size", type=int, default=DEFAULT_TILE_SIZE, show_default=True,
@@ -60,9 +61,9 @@ def summary_message(summary: dict) -> str:
 @options.progress_opt
 def command(t1: str, t2: str, output: str, probability: str | None, mask: str | None,
             model: str | None, threshold: float | None, low_threshold: float | None,
-            min_area: float, tile_size: int, overlap: int, batch_size: int | None,
-            scales: tuple[float, ...] | None, bands: tuple[int, ...] | None, device: str,
-            engine: str, workers: int | None,
+            refine_radius: int | None, min_area: float, tile_size: int, overlap: int,
+            batch_size: int | None, scales: tuple[float, ...] | None,
+            bands: tuple[int, ...] | None, device: str, engine: str, workers: int | None,
             scheduler: str | None, overwrite: bool, progress_kind: str) -> None:
     """Detect changes from T1 to T2 (GeoTIFFs of the same place, any size).
 
@@ -75,6 +76,7 @@ def command(t1: str, t2: str, output: str, probability: str | None, mask: str | 
     try:
         summary = detect(t1, t2, output, probability=probability, mask=mask, model=model,
                          threshold=threshold, low_threshold=low_threshold,
+                         refine_radius=refine_radius,
                          min_area=min_area, tile_size=tile_size, overlap=overlap,
                          batch_size=batch_size, scales=scales, bands=bands,
                          device=device, engine=engine, overwrite=overwrite, workers=workers,

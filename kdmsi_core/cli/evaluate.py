@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from kdmsi_core.cli.options import device_opt, engine_opt, model_opt, scales_opt
+from kdmsi_core.cli.options import device_opt, engine_opt, model_opt, refine_radius_opt, scales_opt
 from kdmsi_core.progress import make_progress
 
 COLUMNS = ("precision", "recall", "f1", "iou", "overall_accuracy", "kappa", "boundary_f1")
@@ -38,20 +38,22 @@ def format_table(results: dict) -> str:
               help="As in detect: pixels above it join a change they touch "
                    "[default: the threshold, plain thresholding].")
 @scales_opt
+@refine_radius_opt
 @click.option("--teacher", is_flag=True,
               help="Also evaluate the teacher CAM (if stored; needs torch).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
 @device_opt
 @engine_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def command(data_dir, model, split, threshold, low_threshold, scales, teacher, batch_size,
-            device, engine, as_json) -> None:
+def command(data_dir, model, split, threshold, low_threshold, scales, refine_radius, teacher,
+            batch_size, device, engine, as_json) -> None:
     """Precision, recall, F1, IoU (change class), overall accuracy and kappa on DATA_DIR."""
     from kdmsi_train.evaluate import evaluate
 
     progress = make_progress("none" if as_json else "bar")
     results = evaluate(data_dir, model, split, batch_size, device, threshold, scales, teacher,
-                       progress, engine=engine, low_threshold=low_threshold)
+                       progress, engine=engine, low_threshold=low_threshold,
+                       refine_radius=refine_radius)
     if hasattr(progress, "close"):
         progress.close()
     click.echo(json.dumps(results, indent=2) if as_json else format_table(results))

@@ -38,6 +38,10 @@ def card_lines(record: dict) -> list[str]:
         f"{', '.join(str(s) for s in record['scales'])}",
         f"Threshold: {record['threshold']:.3f}",
     ]
+    refine = record.get("refine")
+    lines.append(f"Outline refinement: guided filter, both dates as guide, radius "
+                 f"{refine['radius']} px, eps {refine['eps']:g}" if refine
+                 else "Outline refinement: none")
     if training:
         epochs = training.get("epochs") or config.get("epochs") or "?"
         lines.append(f"Trained: {epochs} epoch{'' if epochs == 1 else 's'}, best epoch "

@@ -63,6 +63,10 @@ bands_opt = click.option(
 scales_opt = click.option(
     "--scales", callback=parse_scales, default=None, metavar="S,S,...",
     help="MSI scales [default: the checkpoint's, usually 0.5,1,1.25,2].")
+refine_radius_opt = click.option(
+    "--refine-radius", type=int, default=None, metavar="PX",
+    help="Radius in pixels of the edge-aware refinement that moves the change outlines onto "
+         "the images' edges; 0 turns it off [default: the model's].")
 overwrite_opt = click.option(
     "--overwrite", is_flag=True, default=False, help="Replace existing output files.")
 progress_opt = click.option(

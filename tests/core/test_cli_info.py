@@ -36,14 +36,16 @@ def test_text_card_names_what_a_user_needs() -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert [line.split(":")[0] for line in lines] == [
-        "Model", "Kind", "Bands", "Tile size", "Threshold", "Trained",
+        "Model", "Kind", "Bands", "Tile size", "Threshold", "Outline refinement", "Trained",
         "Carries its first stage"]
     assert lines[2].startswith("Bands: 3 (")
+    assert lines[5] == ("Outline refinement: guided filter, both dates as guide, radius "
+                        "12 px, eps 0.001")
     # the embedded segmenter is the recipe's last round's: the long one after fine-tuning
     rounds = RECIPE_ROUNDS + FINETUNE_ROUNDS + 1
-    assert lines[5].endswith(f"round {rounds} of {rounds}, on the pseudo labels "
+    assert lines[6].endswith(f"round {rounds} of {rounds}, on the pseudo labels "
                              "of the round before")
-    assert lines[5].startswith(f"Trained: {FINAL_EPOCHS} epochs, ")
+    assert lines[6].startswith(f"Trained: {FINAL_EPOCHS} epochs, ")
 
 
 def test_one_epoch_is_not_plural(tmp_path: Path) -> None:
@@ -53,6 +55,7 @@ def test_one_epoch_is_not_plural(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["info", str(out)])
     assert result.exit_code == 0, result.output
     assert "Trained: 1 epoch, best epoch 1," in result.output
+    assert "Outline refinement: none" in result.output  # a card without one
 
 
 def test_a_file_that_is_no_model_is_one_error_line(tmp_path: Path) -> None:

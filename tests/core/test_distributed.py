@@ -18,8 +18,12 @@ from distributed import LocalCluster
 from kdmsi_core import detect
 from kdmsi_core.checkpoint import default_model_path
 from kdmsi_core.distributed import Job, blocks, file_digest, run_block
+from kdmsi_core.engine import load_engine
 from kdmsi_core.errors import CheckpointError, ParameterError
+from kdmsi_core.inference import local_results
 from kdmsi_core.normalize import Normalization
+from kdmsi_core.raster import RasterPair
+from kdmsi_core.refine import Refinement
 from kdmsi_core.tiling import Tile, plan_tiles
 from kdmsi_train.synth import make_scene_pair, write_scene_pair
 from tests.core.geodata import scene, write_tif
@@ -120,13 +124,23 @@ def test_worker_refuses_a_model_file_that_differs(pair, random_model: Path) -> N
     norm = Normalization((0.0,) * 3, (255.0,) * 3, (0.5,) * 3, (0.5,) * 3)
     job = Job(t1=str(pair[0]), t2=str(pair[1]), bands=(1, 2, 3), model=str(random_model),
               engine="torch", digest=file_digest(default_model_path()), device="cpu",
-              threads=1, norms=(norm, norm), scales=(1.0,), batch_size=2)
+              threads=1, norms=(norm, norm), scales=(1.0,), batch_size=2, refinement=None)
     with pytest.raises(CheckpointError, match="give every worker the same model"):
         run_block(job, tiles[:2])
     good = dataclasses.replace(job, digest=file_digest(random_model))
     results = run_block(good, tiles[:3])
     assert [t for r in results for t in r.tiles] == tiles[:3]
     assert all(r.probability.shape == (len(r.tiles), 64, 64) for r in results)
+    # the refinement travels with the job: the worker's tiles are the local ones, refined
+    refinement = Refinement(radius=6, eps=0.001, step=2)
+    refined = run_block(dataclasses.replace(good, refinement=refinement), tiles[:3])
+    engine = load_engine(random_model, "torch", "cpu")
+    with RasterPair(*pair, (1, 2, 3), 3) as opened:
+        local = list(local_results(engine, opened, tiles[:3], (norm, norm), (1.0,), 2,
+                                   refinement))
+    for got, want, raw in zip(refined, local, results, strict=True):
+        assert np.allclose(got.probability, want.probability, atol=1e-6)
+        assert not np.allclose(got.probability, raw.probability, atol=1e-3)
 
 
 def test_blocks_keep_row_major_order_and_cover_every_tile() -> None:

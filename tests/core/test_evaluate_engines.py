@@ -72,7 +72,7 @@ def test_the_teacher_cam_alone_needs_torch_and_a_checkpoint(synth: Path, segment
     methods = evaluate(synth / "tiles", None, "train", teacher=True, engine="torch")["methods"]
     assert methods["teacher_cam"]["threshold"] == read_card(
         default_model_path(), first_stage=True).training["teacher_threshold"]
-    assert {"msi", "single", "stage1_msi", "teacher_cam"} == set(methods)
+    assert {"msi", "msi_raw", "single", "stage1_msi", "teacher_cam"} == set(methods)
 
 
 def test_a_lower_threshold_grows_the_students_masks_only(synth: Path) -> None:

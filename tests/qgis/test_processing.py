@@ -37,7 +37,8 @@ def test_provider_parameters_and_help(plugin) -> None:
     assert registry.providerById("kdmsi").name() == "KD-MSI change detection"
     alg = registry.algorithmById(ALG)
     names = [p.name() for p in alg.parameterDefinitions()]
-    assert names == ["T1", "T2", "MODEL", "BANDS", "THRESHOLD", "LOW_THRESHOLD", "MIN_AREA",
+    assert names == ["T1", "T2", "MODEL", "BANDS", "THRESHOLD", "LOW_THRESHOLD", "REFINE_RADIUS",
+                     "MIN_AREA",
                      "TILE_SIZE", "OVERLAP", "SCALES", "DEVICE", "PROBABILITY", "CHANGES"]
     required = {p.name() for p in alg.parameterDefinitions()
                 if not p.flags() & p.FlagOptional and p.defaultValue() is None}
@@ -131,13 +132,14 @@ def test_all_options_progress_and_processing_setting(plugin, pair, random_model,
     feedback = RecordingFeedback()
     result = processing.run(ALG, {
         "T1": pair["t1"], "T2": pair["t2"], "MODEL": random_model, "THRESHOLD": 0.6,
-        "LOW_THRESHOLD": 0.3, "MIN_AREA": 2.0, "TILE_SIZE": 128, "OVERLAP": 16,
+        "LOW_THRESHOLD": 0.3, "REFINE_RADIUS": 6, "MIN_AREA": 2.0, "TILE_SIZE": 128, "OVERLAP": 16,
         "SCALES": "1, 0.5", "DEVICE": "cpu",
         "PROBABILITY": "TEMPORARY_OUTPUT", "CHANGES": "TEMPORARY_OUTPUT",
     }, feedback=feedback)
 
     command = feedback.commands[-1]
-    for option in ("--model", "--threshold 0.6", "--low-threshold 0.3", "--min-area 2",
+    for option in ("--model", "--threshold 0.6", "--low-threshold 0.3", "--refine-radius 6",
+                   "--min-area 2",
                    "--tile-size 128",
                    "--overlap 16", "--scales 1,0.5", "--device cpu", "--progress json"):
         assert option in command

@@ -424,7 +424,9 @@ def test_train_stages_2_end_to_end_and_resume(no_masks, tmp_path):
         from_file = methods_of(out)  # no intermediate results left: the carried one
     finally:
         shutil.rmtree(no_masks / "label")
-    assert set(methods) == {"msi", "single", "stage1_msi"}  # both stages side by side
+    # both stages side by side, and the segmenter's refined maps beside its raw ones
+    assert set(methods) == {"msi", "msi_raw", "single", "stage1_msi"}
+    assert read_card(out).refine is not None and methods["msi"] != methods["msi_raw"]
     assert methods["stage1_msi"]["threshold"] == read_card(out, first_stage=True).threshold
     assert {"boundary_f1", "objects_hit", "objects_missed", "objects_false"} <= set(
         methods["msi"])
