@@ -14,7 +14,7 @@ from kdmsi_core.hysteresis import change_mask, lower_threshold
 from kdmsi_core.inference import infer_batch
 from kdmsi_core.normalize import for_data
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
-from kdmsi_core.refine import for_run
+from kdmsi_core.refine import for_run, refine
 from kdmsi_train.datasets import PairStore, TileFolder, sample_values
 from kdmsi_train.metrics import Confusion
 from kdmsi_train.shape_metrics import BoundaryScore, ObjectCounts
@@ -57,10 +57,8 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     t = card.threshold if threshold is None else threshold
     used_scales = tuple(scales) if scales else card.scales
     refinement = for_run(card.refine, refine_radius)
-    runs = {"msi": (used_scales, True, refinement), "single": ((1.0,), False, None)}
-    if refinement is not None:
-        runs["msi_raw"] = (used_scales, True, None)
-    thresholds = dict.fromkeys(runs, t)
+    runs = {"msi": (used_scales, True), "single": ((1.0,), False)}  # scales, flip
+    thresholds = dict.fromkeys([*runs, *(["msi_raw"] if refinement else [])], t)
     lows = dict.fromkeys(thresholds, lower_threshold(t, low_threshold))
     if teacher:
         teacher_maps, thresholds["teacher_cam"] = _teacher(model, device)
@@ -82,8 +80,11 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
         idx = np.arange(start, min(start + batch_size, len(store)))
         a, b = store.batch(idx)
         t1, t2 = norm.apply(a), norm.apply(b)
-        maps = {method: infer_batch(student, t1, t2, s, flip, refined)
-                for method, (s, flip, refined) in runs.items()}
+        maps = {method: infer_batch(student, t1, t2, s, flip)
+                for method, (s, flip) in runs.items()}
+        if refinement is not None:  # the same maps, refined as detect refines them
+            maps["msi_raw"] = maps["msi"]
+            maps["msi"] = refine(maps["msi"][:, None], t1, t2, refinement)[:, 0]
         if first is not None:
             maps["stage1_msi"] = infer_batch(first, first_norm.apply(a), first_norm.apply(b),
                                              first.card.scales, True)
