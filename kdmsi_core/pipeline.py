@@ -79,7 +79,8 @@ def default_probability_path(changes: Path) -> Path:
 
 
 def _check_parameters(threshold: float | None, low_threshold: float | None, min_area: float,
-                      batch_size: int | None, scales: Sequence[float] | None) -> None:
+                      batch_size: int | None, scales: Sequence[float] | None,
+                      refine_radius: int | None) -> None:
     if threshold is not None and not valid_threshold(threshold):
         raise ParameterError(f"--threshold {threshold} is outside 0..1; a probability "
                              "threshold is needed.")
@@ -92,6 +93,7 @@ def _check_parameters(threshold: float | None, low_threshold: float | None, min_
         raise ParameterError(f"--batch-size {batch_size} must be at least 1.")
     if scales is not None and not valid_scales(scales):
         raise ParameterError(f"--scales must list {SCALES_RULE}, for example 0.5,1,1.25,2.")
+    for_run(None, refine_radius)  # refuses a bad radius before the model loads
 
 
 @contextmanager
@@ -169,7 +171,7 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     """
     started = time.perf_counter()
     progress = progress or NullProgress()
-    _check_parameters(threshold, low_threshold, min_area, batch_size, scales)
+    _check_parameters(threshold, low_threshold, min_area, batch_size, scales, refine_radius)
     output = Path(output)
     prob_path = Path(probability) if probability is not None else default_probability_path(
         output)

@@ -158,6 +158,9 @@ def _bad_cases(tmp: Path, pair: tuple[Path, Path], model: Path) -> list:
         ((t1, t2, "-o", out, "--threshold", "0.3", "--low-threshold", "0.5", *m), 2,
          "above the threshold 0.3"),
         ((t1, t2, "-o", out, "--refine-radius", "65", *m), 2, "--refine-radius 65 is not"),
+        # refused before a model is looked for
+        ((t1, t2, "-o", out, "--refine-radius", "-1", "--model", tmp / "none.safetensors"), 2,
+         "--refine-radius -1 is not"),
         ((t1, t2, "-o", out, "--tile-size", "8", *m), 2, "smaller than the network's"),
         ((t1, t2, "-o", out, "--tile-size", "64", "--overlap", "64", *m), 2,
          "must be smaller than --tile-size"),
