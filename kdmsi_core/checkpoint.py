@@ -285,6 +285,11 @@ def card_problem(card: ModelCard) -> str | None:
         return f"the normalisation std {list(norm.std)} must be positive"
     if not all(hi > lo for lo, hi in zip(norm.low, norm.high, strict=True)):
         return "the normalisation range has a high value not above its low value"
+    if norm.reference is not None and not (
+            all(len(v) == bands for v in norm.reference)
+            and all(0.0 <= lo < hi <= 1.0 for lo, hi in zip(*norm.reference, strict=True))):
+        return ("the normalisation reference must hold, per band, two fractions of the "
+                "range in 0..1, the low below the high")
     if not valid_scales(card.scales):
         return f"the MSI scales {list(card.scales)} must be {SCALES_RULE}"
     if not valid_threshold(card.threshold):

@@ -1,12 +1,15 @@
 """Band normalisation as a checkpoint records it: a value range mapped to [0, 1], then mean/std.
 
 The paper normalises 8-bit images with mean 0.5 and std 0.5 after scaling to [0, 1]; the
-range makes the same rule explicit for 16-bit or float data.
+range makes the same rule explicit for 16-bit or float data. A model that learnt from 8-bit
+data also records where that data's 2nd and 98th percentiles fell (``reference``), so that
+16-bit or float data, which have no fixed range, are stretched to look as bright and as
+contrasted as what it learnt from (:func:`data_range`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import numpy as np
@@ -16,12 +19,16 @@ Array = TypeVar("Array")
 
 @dataclass(frozen=True)
 class Normalization:
-    """``((x - low) / (high - low) - mean) / std`` per band, values clipped to the range first."""
+    """``((x - low) / (high - low) - mean) / std`` per band, values clipped to the range first.
+
+    ``reference`` (low, high per band, within [0, 1]): where the 2nd and 98th percentiles of
+    the data the model learnt from fell after its range; None on older cards."""
 
     low: tuple[float, ...]
     high: tuple[float, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    reference: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @classmethod
     def for_dtype(cls, dtype: str, bands: int) -> Normalization:
@@ -32,10 +39,16 @@ class Normalization:
 
     @classmethod
     def from_dict(cls, d: dict) -> Normalization:
-        return cls(*(tuple(float(v) for v in d[k]) for k in ("low", "high", "mean", "std")))
+        ref = d.get("reference")
+        return cls(*(tuple(float(v) for v in d[k]) for k in ("low", "high", "mean", "std")),
+                   reference=None if ref is None else (tuple(float(v) for v in ref["low"]),
+                                                       tuple(float(v) for v in ref["high"])))
 
     def to_dict(self) -> dict:
-        return {k: list(v) for k, v in asdict(self).items()}
+        d = {k: list(getattr(self, k)) for k in ("low", "high", "mean", "std")}
+        if self.reference is not None:
+            d["reference"] = {"low": list(self.reference[0]), "high": list(self.reference[1])}
+        return d
 
     @property
     def bands(self) -> int:
@@ -43,7 +56,7 @@ class Normalization:
 
     def with_range(self, low: tuple[float, ...], high: tuple[float, ...]) -> Normalization:
         """The same mean/std on another input range (e.g. a 16-bit raster's stretch)."""
-        return Normalization(tuple(low), tuple(high), self.mean, self.std)
+        return replace(self, low=tuple(low), high=tuple(high))
 
     def apply(self, x: Array) -> Array:
         """Normalise a tensor or numpy array shaped (..., C, H, W) to float32 (numpy needs
@@ -93,19 +106,49 @@ def percentile_range(values: np.ndarray) -> tuple[tuple[float, ...], tuple[float
     return tuple(lows), tuple(highs)
 
 
-def data_range(values: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def reference_range(values: np.ndarray, reference: tuple[tuple[float, ...], tuple[float, ...]]
+                    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-band range of (C, n) values that puts their 2nd and 98th percentiles at the
+    ``reference`` fractions of [0, 1]. Bands beyond the reference's get the plain stretch."""
+    lows, highs = percentile_range(values)
+    out_low, out_high = [], []
+    for i, (lo, hi) in enumerate(zip(lows, highs, strict=True)):
+        r_lo, r_hi = (reference[0][i], reference[1][i]) if i < len(reference[0]) else (0.0, 1.0)
+        span = (hi - lo) / (r_hi - r_lo)
+        out_low.append(lo - r_lo * span)
+        out_high.append(lo - r_lo * span + span)
+    return tuple(out_low), tuple(out_high)
+
+
+def data_range(values: np.ndarray,
+               reference: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+               ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The one scaling rule of training, evaluation and detection for (C, n) sampled values
-    of both dates: 8-bit-like data map 0..255 to [0, 1], anything else its own 2nd-98th
-    percentiles per band."""
+    of both dates: 8-bit-like data map 0..255 to [0, 1]; anything else is stretched so that
+    its 2nd and 98th percentiles per band fall where those of the model's training data fell
+    (``reference``), or, without one, at 0 and 1.
+
+    Stretched onto 0 and 1, 16-bit scenes looked far more contrasted than any 8-bit image
+    the embedded model learnt from (whose percentiles lie near 0.07 and 0.7) and it flagged
+    much of their texture (docs/measurements.md)."""
     if fits_eight_bit(values):
         return (0.0,) * len(values), (255.0,) * len(values)
+    if reference is not None:
+        return reference_range(values, reference)
     return percentile_range(values)
+
+
+def own_reference(values: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The reference an 8-bit training set leaves on its model: its (C, n) values' 2nd and
+    98th percentiles per band as fractions of 0..255."""
+    lows, highs = percentile_range(values)
+    return tuple(v / 255.0 for v in lows), tuple(v / 255.0 for v in highs)
 
 
 def for_data(card: Normalization, values: np.ndarray) -> Normalization:
     """The normalisation a checkpoint's rule gives for these data: a model trained on 8-bit
-    data takes :func:`data_range` of them; any other recorded range was chosen for its data
-    type during training and is used as is."""
+    data takes :func:`data_range` of them (with its reference); any other recorded range was
+    chosen for its data type during training and is used as is."""
     if not is_eight_bit(card):
         return card
-    return card.with_range(*data_range(values))
+    return card.with_range(*data_range(values, card.reference))

@@ -48,9 +48,10 @@ from kdmsi_core.checkpoint import load_checkpoint
 from kdmsi_core.device import resolve_device
 from kdmsi_core.errors import DataError, OutputError
 from kdmsi_core.model import for_inference
+from kdmsi_core.normalize import for_data
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_train import threshold
-from kdmsi_train.datasets import PairStore, TileFolder, read_tile
+from kdmsi_train.datasets import PairStore, TileFolder, read_tile, sample_values
 from kdmsi_train.predict import iter_maps
 
 BACKGROUND, CHANGE, IGNORE = 0, 1, 255
@@ -143,8 +144,9 @@ def write_pseudo_labels(data_dir: str | Path, model: str | Path, output: str | P
         maps = np.lib.format.open_memmap(tmp / "maps.npy", "w+", np.float16,
                                          (len(store), height, width))
         hist = threshold.Histograms()
-        for idx, batch in iter_maps(loaded.model, store, card.normalization, dev, "msi", scales,
-                                    batch_size):
+        # an 8-bit model meets 16-bit tiles as detect would show it them
+        norm = for_data(card.normalization, sample_values(store))
+        for idx, batch in iter_maps(loaded.model, store, norm, dev, "msi", scales, batch_size):
             check_cancelled(progress)
             maps[idx] = batch
             hist.update(batch, labels[idx])

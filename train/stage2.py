@@ -33,7 +33,13 @@ import torch
 import torch.nn.functional as F
 
 from kdmsi_core.backbone import load_pretrained
-from kdmsi_core.checkpoint import SEGMENTER, ModelCard, load_checkpoint, save_checkpoint
+from kdmsi_core.checkpoint import (
+    SEGMENTER,
+    ModelCard,
+    load_checkpoint,
+    read_card,
+    save_checkpoint,
+)
 from kdmsi_core.device import resolve_device
 from kdmsi_core.errors import CheckpointError, DataError
 from kdmsi_core.model import NetworkConfig, place
@@ -371,8 +377,12 @@ def train_segmenter(train_store: MaskedStore, config: Stage2Config,
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    norm = data_normalization(train_store.pairs, seed=config.seed)
     network, start_card = build_segmenter(config, bands)
+    # the scaling of the networks it starts from: a trained start's, or that of the first
+    # stage whose encoder it takes
+    source = start_card or (read_card(config.init) if config.init else None)
+    norm = data_normalization(train_store.pairs, seed=config.seed,
+                              start=source.normalization if source else None)
     trained = start_card is not None
     if not trained:
         start_at_prior(network, train_store.summary["fractions"])

@@ -22,6 +22,7 @@ from kdmsi_core.checkpoint import (
 )
 from kdmsi_core.errors import CheckpointError
 from kdmsi_core.model import NetworkConfig, SiameseCAM
+from kdmsi_core.normalize import Normalization
 
 FIRST_CONV = "backbone.conv1.weight"
 
@@ -35,6 +36,7 @@ class Start:
     source: str  # "scratch", "default" or a checkpoint path
     note: str = ""
     threshold: float | None = None  # the starting checkpoint's calibrated threshold
+    normalization: Normalization | None = None  # the starting checkpoint's
 
 
 def adapt_bands(state: dict[str, torch.Tensor], bands: int) -> dict[str, torch.Tensor]:
@@ -121,4 +123,4 @@ def resolve_start(init: str, backbone: str, teacher: str, student: str,
         note = "; ".join(filter(None, [note, f"first layer adapted from "
                                        f"{card.network.in_channels} to {bands} bands"]))
     return Start(teacher_net, student_net, "default" if not explicit else str(path), note,
-                 card.threshold)
+                 card.threshold, card.normalization)

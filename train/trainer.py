@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from kdmsi_core.backbone import load_pretrained
 from kdmsi_core.device import resolve_device
 from kdmsi_core.errors import CheckpointError, DataError
 from kdmsi_core.model import POOLINGS, SiameseCAM, image_logits, place, teacher_cam
-from kdmsi_core.normalize import Normalization, data_range
+from kdmsi_core.normalize import Normalization, data_range, fits_eight_bit, own_reference
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_train.datasets import PairStore, sample_values
 from kdmsi_train.optim import make_optimizer, poly_lr
@@ -121,11 +121,21 @@ class TrainResult:
                 "history": [asdict(h) for h in self.history]}
 
 
-def data_normalization(store: PairStore, seed: int = 0) -> Normalization:
+def data_normalization(store: PairStore, seed: int = 0,
+                       start: Normalization | None = None) -> Normalization:
     """The paper's mean/std after the shared scaling rule (:func:`data_range`): 0..255 for
-    8-bit-like data, a 2nd-98th percentile stretch per band otherwise."""
-    base = Normalization.for_dtype("uint8", store.shape[0])
-    return base.with_range(*data_range(sample_values(store, seed=seed)))
+    8-bit-like data, which also leave their percentiles as the model's reference; otherwise
+    a per-band stretch onto the reference of the model training ``start``s from (so that it
+    meets the data as it would in ``detect``, and keeps that reference), or onto 0..1."""
+    values = sample_values(store, seed=seed)
+    bands = store.shape[0]
+    inherited = start.reference if start is not None else None
+    if inherited is not None:  # a start with other bands: as reference_range stretches them
+        inherited = tuple(tuple(list(v[:bands]) + [edge] * (bands - len(v)))
+                          for v, edge in zip(inherited, (0.0, 1.0), strict=True))
+    reference = own_reference(values) if fits_eight_bit(values) else inherited
+    base = Normalization.for_dtype("uint8", bands)
+    return replace(base.with_range(*data_range(values, inherited)), reference=reference)
 
 
 def augment(a: np.ndarray, b: np.ndarray, rng: np.random.Generator
@@ -281,8 +291,8 @@ def train(train_store: PairStore, config: TrainConfig, val_store: PairStore | No
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    norm = data_normalization(train_store, seed=config.seed)
     start = build_networks(config, bands)
+    norm = data_normalization(train_store, seed=config.seed, start=start.normalization)
     teacher, student = start.teacher, start.student
     place(teacher, device)
     place(student, device)

@@ -38,6 +38,7 @@ def card_lines(record: dict) -> list[str]:
         f"{', '.join(str(s) for s in record['scales'])}",
         f"Threshold: {record['threshold']:.3f}",
     ]
+    lines.append(f"Input scaling: {_scaling(record['normalization'])}")
     refine = record.get("refine")
     lines.append(f"Outline refinement: guided filter, both dates as guide, radius "
                  f"{refine['radius']} px, eps {refine['eps']:g}" if refine
@@ -57,6 +58,19 @@ def card_lines(record: dict) -> list[str]:
                      f"{first['network']['combination']} fusion, threshold "
                      f"{first['threshold']:.3f}), where `train --init` starts")
     return lines
+
+
+def _scaling(norm: dict) -> str:
+    """How the model's inputs are scaled (:func:`kdmsi_core.normalize.for_data`)."""
+    if any(lo != 0 or hi != 255 for lo, hi in zip(norm["low"], norm["high"], strict=True)):
+        return ("the band ranges it was trained with, " + ", ".join(
+            f"{lo:g}..{hi:g}" for lo, hi in zip(norm["low"], norm["high"], strict=True)))
+    ref = norm.get("reference")
+    where = (f"at {min(ref['low']):.0%}-{max(ref['low']):.0%} and {min(ref['high']):.0%}-"
+             f"{max(ref['high']):.0%} of the 8-bit range, where its training data's fell" if ref
+             else "at 0 and 255")
+    return ("8-bit data as they are; other data stretched per band, their 2nd and 98th "
+            f"percentiles {where}")
 
 
 @click.command("info", short_help="Show a model's card: kind, bands, tile size, threshold.")

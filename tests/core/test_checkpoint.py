@@ -136,3 +136,24 @@ def test_start_from_a_segmenter_uses_its_first_stage(tmp_path):
     bare = save_checkpoint(tmp_path / "b.safetensors", seg, _segmenter_card(seg.config))
     with pytest.raises(CheckpointError, match="carries no first stage"):
         resolve_start(str(bare), "resnet18n", "abs", "cat", (2, 2, 2, 1), 3, None)
+
+
+def test_normalisation_reference_is_kept_and_checked(tmp_path):
+    """The training data's percentiles travel on the card; older cards have none, and one
+    that does not fit the bands or leaves 0..1 is refused in one sentence."""
+    from dataclasses import replace
+
+    from kdmsi_core.checkpoint import card_problem
+
+    student = SiameseCAM(NetworkConfig())
+    card = _card(student.config)
+    reference = ((0.1, 0.1, 0.05), (0.7, 0.75, 0.6))
+    with_ref = replace(card, normalization=replace(card.normalization, reference=reference))
+    save_checkpoint(tmp_path / "m.safetensors", student, with_ref)
+    assert read_card(tmp_path / "m.safetensors").normalization.reference == reference
+    assert ModelCard.from_json(card.to_json()).normalization.reference is None
+    text = json.loads(with_ref.to_json())
+    for low, high in (([0.1, 0.1], [0.7, 0.7]), ([0.1, 0.8, 0.1], [0.7, 0.7, 0.7]),
+                      ([-0.1, 0.1, 0.1], [0.7, 0.7, 0.7]), ([0.1, 0.1, 0.1], [0.7, 1.5, 0.7])):
+        text["normalization"]["reference"] = {"low": low, "high": high}
+        assert "reference" in card_problem(ModelCard.from_json(json.dumps(text)))

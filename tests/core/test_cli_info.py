@@ -36,16 +36,19 @@ def test_text_card_names_what_a_user_needs() -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert [line.split(":")[0] for line in lines] == [
-        "Model", "Kind", "Bands", "Tile size", "Threshold", "Outline refinement", "Trained",
-        "Carries its first stage"]
+        "Model", "Kind", "Bands", "Tile size", "Threshold", "Input scaling",
+        "Outline refinement", "Trained", "Carries its first stage"]
     assert lines[2].startswith("Bands: 3 (")
-    assert lines[5] == ("Outline refinement: guided filter, both dates as guide, radius "
+    # the recipe's 8-bit scenes: 2nd percentiles at 7-11 %, 98th at 61-76 % of 0..255
+    assert lines[5].endswith("percentiles at 7%-11% and 61%-76% of the 8-bit range, where "
+                             "its training data's fell")
+    assert lines[6] == ("Outline refinement: guided filter, both dates as guide, radius "
                         "12 px, eps 0.001")
     # the embedded segmenter is the recipe's last round's: the long one after fine-tuning
     rounds = RECIPE_ROUNDS + FINETUNE_ROUNDS + 1
-    assert lines[6].endswith(f"round {rounds} of {rounds}, on the pseudo labels "
+    assert lines[7].endswith(f"round {rounds} of {rounds}, on the pseudo labels "
                              "of the round before")
-    assert lines[6].startswith(f"Trained: {FINAL_EPOCHS} epochs, ")
+    assert lines[7].startswith(f"Trained: {FINAL_EPOCHS} epochs, ")
 
 
 def test_one_epoch_is_not_plural(tmp_path: Path) -> None:
@@ -56,6 +59,14 @@ def test_one_epoch_is_not_plural(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "Trained: 1 epoch, best epoch 1," in result.output
     assert "Outline refinement: none" in result.output  # a card without one
+    assert ("other data stretched per band, their 2nd and 98th percentiles at 0 and 255"
+            in result.output)  # an older card, without its training data's percentiles
+    trained_16 = ModelCard(NetworkConfig(), Normalization.for_dtype("uint8", 3).with_range(
+        (100.0,) * 3, (4000.0,) * 3), 64, 0.2)
+    save_checkpoint(out, SiameseCAM(NetworkConfig()), trained_16)
+    result = CliRunner().invoke(cli, ["info", str(out)])
+    assert "Input scaling: the band ranges it was trained with, 100..4000, 100..4000" \
+        in result.output
 
 
 def test_a_file_that_is_no_model_is_one_error_line(tmp_path: Path) -> None:

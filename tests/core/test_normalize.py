@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -39,3 +41,26 @@ def test_one_scaling_rule_for_any_type_of_the_same_values():
     assert np.allclose(data_range(with_nan)[0], np.percentile(sixteen[:, 10:], 2, axis=1))
     trained_on_16_bit = card.with_range((100.0,) * 3, (4000.0,) * 3)
     assert for_data(trained_on_16_bit, eight) == trained_on_16_bit  # its own range, as is
+
+
+def test_sixteen_bit_data_are_stretched_onto_the_training_datas_percentiles():
+    """With the reference of its training data, an 8-bit model sees a linear 16-bit copy of
+    that data exactly as it saw the original; without one, the percentiles go to 0 and 1."""
+    from kdmsi_core.normalize import for_data, own_reference, reference_range
+
+    rng = np.random.default_rng(1)
+    eight = np.clip(rng.normal([[80.0], [100.0], [120.0]], 25.0, (3, 5000)), 0, 255).round()
+    sixteen = eight * 16 + 100
+    reference = own_reference(eight)
+    assert all(0 < lo < hi < 1 for lo, hi in zip(*reference, strict=True))
+    card = Normalization.for_dtype("uint8", 3)
+    seen = for_data(replace(card, reference=reference), sixteen)
+    assert np.allclose(seen.low, 100.0) and np.allclose(seen.high, 100.0 + 16 * 255)
+    assert np.allclose(seen.apply(sixteen[:, None]), card.apply(eight[:, None]), atol=1e-5)
+    plain = for_data(card, sixteen)  # an older card: the plain stretch
+    assert np.allclose(plain.low, np.percentile(sixteen, 2, axis=1))
+    # a band the reference does not cover gets the plain stretch
+    low, high = reference_range(np.vstack([sixteen, sixteen[:1]]), reference)
+    assert np.isclose(low[3], plain.low[0]) and np.isclose(high[3], plain.high[0])
+    assert Normalization.from_dict(seen.to_dict()) == seen
+    assert "reference" not in card.to_dict()  # cards without one are written as before

@@ -2,6 +2,7 @@
 balanced batches, the step schedule, the time budget, and the starting model."""
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,8 +16,15 @@ from kdmsi_core.normalize import Normalization
 from kdmsi_train.datasets import PairStore, TileFolder
 from kdmsi_train.fit import fit_tile_folder
 from kdmsi_train.start import adapt_bands, resolve_start
-from kdmsi_train.trainer import BatchSampler, TrainConfig, auc, auc_standard_error, validate
-from tests.train.data.toy import write_toy_tiles
+from kdmsi_train.trainer import (
+    BatchSampler,
+    TrainConfig,
+    auc,
+    auc_standard_error,
+    data_normalization,
+    validate,
+)
+from tests.train.data.toy import retype, write_toy_tiles
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +170,26 @@ def test_auc_standard_error_shrinks_with_more_validation_pairs():
     assert auc_standard_error(0.72, 279, 617) == pytest.approx(0.0194, abs=2e-4)
     assert auc_standard_error(0.72, 28, 62) > 3 * auc_standard_error(0.72, 279, 617)
     assert auc_standard_error(1.0, 50, 50) == 0.0
+
+
+def test_training_scales_16_bit_tiles_as_its_start_meets_them(toy, tmp_path):
+    """8-bit tiles leave their percentiles on the card; a 16-bit copy of them, trained from
+    that start, is scaled exactly back onto the 8-bit values the start learnt from and keeps
+    the reference, where from scratch its percentiles go to 0 and 1."""
+    eight = data_normalization(PairStore(TileFolder.open(toy, "train")))
+    assert eight.low == (0.0,) * 3 and eight.high == (255.0,) * 3
+    assert eight.reference is not None and all(0 < v < 1 for v in eight.reference[0])
+    copy = tmp_path / "u16"
+    shutil.copytree(toy, copy)
+    retype(copy, "uint16", 16.0, 100.0)
+    store = PairStore(TileFolder.open(copy, "train"))
+    matched = data_normalization(store, start=eight)
+    assert np.allclose(matched.low, 100.0) and np.allclose(matched.high, 100.0 + 16 * 255)
+    assert matched.reference == eight.reference
+    plain = data_normalization(store)
+    assert plain.reference is None
+    assert all(p > m for p, m in zip(plain.low, matched.low, strict=True))
+    four = data_normalization(store, start=replace(eight, reference=(
+        eight.reference[0][:2], eight.reference[1][:2])))  # a start with fewer bands
+    assert four.reference[0][2] == 0.0 and four.reference[1][2] == 1.0
+    assert np.isclose(four.low[2], plain.low[2])

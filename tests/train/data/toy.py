@@ -63,3 +63,21 @@ def write_toy_tiles(root: Path, tiles: int = 480, size: int = 64, seed: int = 0,
             "".join(line.split(",")[0] + "\n" for line in lines))
         (root / "list" / f"{split}_label.txt").write_text("".join(f"{line}\n" for line in lines))
     return root
+
+
+def retype(root: Path, dtype: str, scale: float = 1.0, offset: float = 0.0) -> None:
+    """Rewrite the A/ and B/ tiles of a tile folder in place as ``dtype`` GeoTIFFs holding
+    ``value * scale + offset`` (under their listed names: rasterio reads by content)."""
+    for sub in ("A", "B"):
+        for path in (root / sub).iterdir():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(path) as src:
+                    data = src.read().astype(np.float64) * scale + offset
+                path.unlink()
+                tif = path.with_suffix(".tif")
+                with rasterio.open(tif, "w", driver="GTiff", width=data.shape[2],
+                                   height=data.shape[1], count=data.shape[0],
+                                   dtype=dtype) as dst:
+                    dst.write(data.astype(dtype))
+                tif.rename(path)
