@@ -106,14 +106,22 @@ def percentile_range(values: np.ndarray) -> tuple[tuple[float, ...], tuple[float
     return tuple(lows), tuple(highs)
 
 
+def fit_reference(reference: tuple[tuple[float, ...], tuple[float, ...]], bands: int
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``reference`` for ``bands`` bands: bands beyond its own (a NIR band on an RGB model)
+    get 0 and 1, the plain stretch; surplus ones are dropped."""
+    return tuple(tuple(list(v[:bands]) + [edge] * (bands - len(v)))
+                 for v, edge in zip(reference, (0.0, 1.0), strict=True))
+
+
 def reference_range(values: np.ndarray, reference: tuple[tuple[float, ...], tuple[float, ...]]
                     ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The per-band range of (C, n) values that puts their 2nd and 98th percentiles at the
-    ``reference`` fractions of [0, 1]. Bands beyond the reference's get the plain stretch."""
+    ``reference`` fractions of [0, 1] (:func:`fit_reference` to their band count)."""
     lows, highs = percentile_range(values)
     out_low, out_high = [], []
-    for i, (lo, hi) in enumerate(zip(lows, highs, strict=True)):
-        r_lo, r_hi = (reference[0][i], reference[1][i]) if i < len(reference[0]) else (0.0, 1.0)
+    for lo, hi, r_lo, r_hi in zip(lows, highs, *fit_reference(reference, len(lows)),
+                                  strict=True):
         span = (hi - lo) / (r_hi - r_lo)
         out_low.append(lo - r_lo * span)
         out_high.append(lo - r_lo * span + span)

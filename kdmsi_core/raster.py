@@ -30,7 +30,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
 from kdmsi_core.errors import InputError, ParameterError
-from kdmsi_core.normalize import Normalization, for_data
+from kdmsi_core.normalize import Normalization, for_data, is_eight_bit
 
 STATS_SIZE = 1024
 """Longest side of the decimated read from which a 16-bit or float stretch is estimated."""
@@ -311,11 +311,10 @@ class RasterPair:
 
 def needs_stretch(card: Normalization, dtype: str) -> bool:
     """An 8-bit model (range 0..255) fed anything but 8-bit data: the fixed range would
-    saturate or flatten it, so the data's own percentiles take its place. Any other range the
+    saturate or flatten it, so the data are stretched instead (their percentiles onto the
+    card's reference, :func:`~kdmsi_core.normalize.data_range`). Any other range the
     checkpoint records was chosen for its data type and is used as is."""
-    eight_bit_model = all(lo == 0 and hi == 255 for lo, hi in zip(card.low, card.high,
-                                                                  strict=True))
-    return eight_bit_model and np.dtype(dtype).itemsize != 1
+    return is_eight_bit(card) and np.dtype(dtype).itemsize != 1
 
 
 def _outward(win: Window, eps: float = 1e-6) -> Window:

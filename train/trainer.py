@@ -31,7 +31,13 @@ from kdmsi_core.backbone import load_pretrained
 from kdmsi_core.device import resolve_device
 from kdmsi_core.errors import CheckpointError, DataError
 from kdmsi_core.model import POOLINGS, SiameseCAM, image_logits, place, teacher_cam
-from kdmsi_core.normalize import Normalization, data_range, fits_eight_bit, own_reference
+from kdmsi_core.normalize import (
+    Normalization,
+    data_range,
+    fit_reference,
+    fits_eight_bit,
+    own_reference,
+)
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_train.datasets import PairStore, sample_values
 from kdmsi_train.optim import make_optimizer, poly_lr
@@ -129,10 +135,8 @@ def data_normalization(store: PairStore, seed: int = 0,
     meets the data as it would in ``detect``, and keeps that reference), or onto 0..1."""
     values = sample_values(store, seed=seed)
     bands = store.shape[0]
-    inherited = start.reference if start is not None else None
-    if inherited is not None:  # a start with other bands: as reference_range stretches them
-        inherited = tuple(tuple(list(v[:bands]) + [edge] * (bands - len(v)))
-                          for v, edge in zip(inherited, (0.0, 1.0), strict=True))
+    inherited = (fit_reference(start.reference, bands)
+                 if start is not None and start.reference is not None else None)
     reference = own_reference(values) if fits_eight_bit(values) else inherited
     base = Normalization.for_dtype("uint8", bands)
     return replace(base.with_range(*data_range(values, inherited)), reference=reference)

@@ -62,7 +62,9 @@ def card_lines(record: dict) -> list[str]:
 
 def _scaling(norm: dict) -> str:
     """How the model's inputs are scaled (:func:`kdmsi_core.normalize.for_data`)."""
-    if any(lo != 0 or hi != 255 for lo, hi in zip(norm["low"], norm["high"], strict=True)):
+    from kdmsi_core.normalize import Normalization, is_eight_bit
+
+    if not is_eight_bit(Normalization.from_dict(norm)):
         return ("the band ranges it was trained with, " + ", ".join(
             f"{lo:g}..{hi:g}" for lo, hi in zip(norm["low"], norm["high"], strict=True)))
     ref = norm.get("reference")
