@@ -1,11 +1,18 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from kdmsi_core.checkpoint import ModelCard, load_checkpoint, read_card, save_checkpoint
+from kdmsi_core.checkpoint import (
+    ModelCard,
+    card_problem,
+    load_checkpoint,
+    read_card,
+    save_checkpoint,
+)
 from kdmsi_core.errors import CheckpointError
 from kdmsi_core.model import NetworkConfig, SiameseCAM
 from kdmsi_core.normalize import Normalization
@@ -141,10 +148,6 @@ def test_start_from_a_segmenter_uses_its_first_stage(tmp_path):
 def test_normalisation_reference_is_kept_and_checked(tmp_path):
     """The training data's percentiles travel on the card; older cards have none, and one
     that does not fit the bands or leaves 0..1 is refused in one sentence."""
-    from dataclasses import replace
-
-    from kdmsi_core.checkpoint import card_problem
-
     student = SiameseCAM(NetworkConfig())
     card = _card(student.config)
     reference = ((0.1, 0.1, 0.05), (0.7, 0.75, 0.6))
