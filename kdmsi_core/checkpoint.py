@@ -94,6 +94,14 @@ class ModelCard:
             return 2 * self.network.strides[0]
         return self.network.output_stride
 
+    @property
+    def pixel_size(self) -> float | None:
+        """The ground size in metres of the training data's pixels, where training knew it
+        (``training.pixel_size``); detection meets finer data at it
+        (:mod:`~kdmsi_core.resolution`)."""
+        value = self.training.get("pixel_size")
+        return float(value) if isinstance(value, int | float) and value > 0 else None
+
     def to_json(self) -> str:
         return json.dumps({
             "format_version": FORMAT_VERSION,

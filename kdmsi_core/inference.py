@@ -25,6 +25,9 @@ from kdmsi_core.tiling import Tile
 PREFETCH = 2
 SKIP_REPORT = 64
 
+GPU_TILE_PIXELS = 256 * 256
+"""A GPU pass holds 16 tiles of this many pixels (fewer when finer imagery makes tiles
+larger: :mod:`~kdmsi_core.resolution`)."""
 CPU_PIXELS_PER_PASS = 256 * 256
 """On the CPU the best batch holds about this many pixels (bench/msi.py: one 256-px tile,
 four of 128 px, sixteen of 64 px); more only overflows the caches, fewer wastes time on
@@ -32,10 +35,10 @@ per-operation overhead."""
 
 
 def default_batch_size(device: str, tile: Tile) -> int:
-    """Tiles per forward pass: 16 on a GPU, :data:`CPU_PIXELS_PER_PASS` worth on a CPU."""
-    if str(device).startswith("cuda"):
-        return 16
-    return max(1, CPU_PIXELS_PER_PASS // (tile.height * tile.width))
+    """Tiles per forward pass: 16 tiles of 256 px worth on a GPU, :data:`CPU_PIXELS_PER_PASS`
+    worth on a CPU (at least one tile)."""
+    per_pass = 16 * GPU_TILE_PIXELS if str(device).startswith("cuda") else CPU_PIXELS_PER_PASS
+    return max(1, per_pass // (tile.height * tile.width))
 
 
 @dataclass

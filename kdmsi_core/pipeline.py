@@ -28,6 +28,7 @@ from kdmsi_core.outputs import Staging, StripWriter, check_outputs, write_cog, w
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_core.raster import RasterPair, absolute
 from kdmsi_core.refine import Refinement, for_run
+from kdmsi_core.resolution import ground_pixel_size, reduced_scales, reduced_tiling, reduction
 from kdmsi_core.signals import stop_on_signals
 from kdmsi_core.stitch import StripStitcher
 from kdmsi_core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, Tile, check_tiling, plan_tiles
@@ -61,6 +62,11 @@ class DetectSummary:
     analysed: tuple[int, int, int, int] = field(default=(0, 0, 0, 0))
     probability_defaulted: bool = False
     engine: str = "torch"
+    pixel_size_m: float | None = None
+    """The ground size of t1's pixels (None where it cannot be told)."""
+    resolution_factor: float = 1.0
+    """What the model's scales were multiplied by to meet finer data at the resolution it
+    learnt from (:mod:`~kdmsi_core.resolution`); 1 when they were not."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per phase: ``prepare`` (open, model, ranges), ``infer`` (read, network,
     blend, strips), ``vectorize`` and ``cog``."""
@@ -148,8 +154,8 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
            model: str | os.PathLike | None = None, threshold: float | None = None,
            low_threshold: float | None = None, refine_radius: int | None = None,
            min_area: float = 0.0,
-           tile_size: int = DEFAULT_TILE_SIZE, overlap: int = DEFAULT_OVERLAP,
-           batch_size: int | None = None,
+           tile_size: int | None = None, overlap: int | None = None,
+           batch_size: int | None = None, match_resolution: bool = True,
            scales: Sequence[float] | None = None, bands: Sequence[int] | None = None,
            device: str = "auto", engine: str = "auto", overwrite: bool = False,
            workers: int | None = None, scheduler: str | None = None,
@@ -164,7 +170,10 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     (at most the threshold; default the threshold: no growth) join a change they touch
     (:mod:`~kdmsi_core.hysteresis`); ``refine_radius`` replaces the radius of the model's
     edge-aware refinement (0: none; :mod:`~kdmsi_core.refine`); ``min_area`` is in m²;
-    ``batch_size`` defaults to :func:`default_batch_size`. ``model`` is a ``.safetensors``
+    ``batch_size`` defaults to :func:`default_batch_size`. Imagery finer than the model's
+    training data is read at the model's resolution (``match_resolution``; the scales, and
+    the default tile and overlap, follow the ratio of pixel sizes; not with explicit
+    ``scales``; :mod:`~kdmsi_core.resolution`). ``model`` is a ``.safetensors``
     checkpoint or an ``.onnx`` export; ``engine`` (auto, torch, onnxruntime) runs its network
     (:func:`~kdmsi_core.engine.load_engine`). Outputs appear only when all are
     complete; any error, cancellation or signal leaves none of them and no temporaries.
@@ -179,23 +188,35 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     check_outputs(output, prob_path, mask_path, [t1, t2], overwrite)
     runner = load_engine(model, engine, device)
     card = runner.card
-    check_tiling(tile_size, overlap, card.network.output_stride)
+    stride = card.network.output_stride
+    check_tiling(DEFAULT_TILE_SIZE if tile_size is None else tile_size,
+                 DEFAULT_OVERLAP if overlap is None else overlap, stride)
     threshold = card.threshold if threshold is None else float(threshold)
     low = lower_threshold(threshold, low_threshold)
-    scales = tuple(card.scales if scales is None else (float(s) for s in scales))
     refinement = for_run(card.refine, refine_radius)
     radius = refinement.radius if refinement else 0
     targets = [output, prob_path] + ([mask_path] if mask_path else [])
-    tags = {"kdmsi_model": runner.path.name, "kdmsi_threshold": str(threshold),
-            "kdmsi_low_threshold": str(low),
-            "kdmsi_scales": ",".join(str(s) for s in scales),
-            "kdmsi_refine_radius": str(radius),
-            "kdmsi_t1": Path(t1).name, "kdmsi_t2": Path(t2).name}
 
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), stop_on_signals(), \
             _cluster(workers, scheduler) as cluster, \
             RasterPair(t1, t2, bands, card.network.in_channels) as pair, \
             Staging(targets, overwrite) as staging, write_errors(targets):
+        grid = pair.grid
+        pixel = ground_pixel_size(grid.crs, grid.transform, grid.width, grid.height)
+        factor = (reduction(pixel, card.pixel_size) if match_resolution and scales is None
+                  else 1.0)
+        scales = (reduced_scales(card.scales, factor) if scales is None
+                  else tuple(float(s) for s in scales))
+        tile_size, overlap = reduced_tiling(
+            DEFAULT_TILE_SIZE if tile_size is None else tile_size,
+            DEFAULT_OVERLAP if overlap is None else overlap,
+            factor if tile_size is None and overlap is None else 1.0, stride)
+        tags = {"kdmsi_model": runner.path.name, "kdmsi_threshold": str(threshold),
+                "kdmsi_low_threshold": str(low),
+                "kdmsi_scales": ",".join(str(s) for s in scales),
+                "kdmsi_resolution_factor": str(factor),
+                "kdmsi_refine_radius": str(radius),
+                "kdmsi_t1": Path(t1).name, "kdmsi_t2": Path(t2).name}
         progress.update("prepare", 0, 1, "estimating input ranges")
         norms = pair.normalizations(card.normalization)
         progress.update("prepare", 1, 1, "inputs ready")
@@ -234,7 +255,6 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
         timings["cog"] = time.perf_counter() - started - sum(timings.values())
         w = pair.window
         analysed = (int(w.col_off), int(w.row_off), int(w.width), int(w.height))
-        grid = pair.grid
 
     return DetectSummary(
         changes=output, probability=prob_path, mask=mask_path, polygons=polygons,
@@ -245,5 +265,6 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
         engine=runner.name,
         crs=grid.crs.to_string(), width=grid.width, height=grid.height, analysed=analysed,
         probability_defaulted=probability is None,
+        pixel_size_m=None if pixel is None else round(pixel, 6), resolution_factor=factor,
         timings={k: round(v, 3) for k, v in timings.items()})
 

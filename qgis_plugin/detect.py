@@ -16,6 +16,7 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
@@ -91,9 +92,14 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
                     "T1's pixel size (8 m² for the default model at 0.5 m pixels); the log "
                     "states the value used. 0 keeps every region.",
         "TILE_SIZE": "Side of the square tiles, in pixels, that the model sees. "
-                     "Default (empty): 256.",
+                     "Default (empty): 256, larger on imagery finer than the model's.",
         "OVERLAP": "Pixels shared by neighbouring tiles, blended to avoid seams. "
-                   "Default (empty): 32.",
+                   "Default (empty): 32, more with larger tiles.",
+        "NATIVE_RESOLUTION": "Run the model on the pixels as they are. Default (unchecked): "
+                             "imagery finer than the model's training data (e.g. a 0.15 m "
+                             "orthophoto for a model trained at 0.5 m) is read at the "
+                             "model's resolution, where it finds more; the outputs keep "
+                             "T1's pixels either way.",
         "SCALES": "Comma-separated image scales for multiscale sigmoid inference, e.g. "
                   "0.5,1,1.25,2. Fewer scales run faster. Default (empty): the model's scales.",
         "DEVICE": DEVICE_HELP,
@@ -169,6 +175,9 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
                 optional=True, minValue=0)),
             advanced(QgsProcessingParameterString(
                 "SCALES", self.tr("Inference scales (empty: the model's)"), optional=True)),
+            advanced(QgsProcessingParameterBoolean(
+                "NATIVE_RESOLUTION", self.tr("Run at the images' own resolution, even where "
+                                             "finer than the model's"), defaultValue=False)),
             advanced(QgsProcessingParameterEnum(
                 "DEVICE", self.tr("Device"), options=DEVICES, defaultValue="auto",
                 usesStaticStrings=True)),
@@ -203,6 +212,8 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
             command += ["--bands", ",".join(str(b) for b in bands)]
         min_area = self._min_area(parameters, context, executable, model, feedback, log)
         command += ["--min-area", f"{min_area:g}"]
+        if self.parameterAsBoolean(parameters, "NATIVE_RESOLUTION", context):
+            command.append("--native-resolution")
         for name, option, as_value in (
             ("THRESHOLD", "--threshold", self.parameterAsDouble),
             ("LOW_THRESHOLD", "--low-threshold", self.parameterAsDouble),
@@ -216,6 +227,11 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
 
         summary = run_core(command, feedback, STAGES, log, WORDING)
         threshold = float(summary["threshold"])
+        factor = float(summary.get("resolution_factor", 1.0))
+        if factor < 1.0:
+            log.info(f"T1's pixels ({summary['pixel_size_m']:g} m) are finer than the model's: "
+                     f"it ran on them reduced to {factor:g} of their size, scales "
+                     f"{', '.join(f'{s:g}' for s in summary['scales'])}.")
         self._span = probability_range(probability, threshold)
         log.info(f"Colours run from the threshold {self._span.low:.3f} to {self._span.high:.3f}, "
                  "the 95th percentile of the probabilities above it.")

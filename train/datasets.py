@@ -7,6 +7,7 @@ Tiles are read through rasterio, so PNG, JPEG and GeoTIFF tiles all work.
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,41 @@ def read_tile(path: Path) -> np.ndarray:
                 return ds.read()
     except RasterioIOError:
         raise DataError(f"The tile {path} is not a readable image; replace it.") from None
+
+
+PIXEL_SIZE_FILES = ("synth.json", "../synth.json")
+"""Where a tile folder may say its pixels' ground size (``pixel_size``, metres): the record
+``kdmsi-geo synth`` writes beside its tiles."""
+
+
+def folder_pixel_size(root: str | Path) -> float | None:
+    """The ground size in metres of a tile folder's pixels, where a record of it lies in or
+    beside the folder; None when nothing says (public data sets in PNG tiles)."""
+    for name in PIXEL_SIZE_FILES:
+        path = Path(root) / name
+        if path.is_file():
+            try:
+                value = json.loads(path.read_text()).get("pixel_size")
+            except (OSError, ValueError, AttributeError):
+                return None
+            return float(value) if isinstance(value, int | float) and value > 0 else None
+    return None
+
+
+def raster_pixel_size(path: str | Path) -> float | None:
+    """The ground size in metres of a georeferenced raster's pixels (None if it cannot be
+    told)."""
+    from kdmsi_core.resolution import ground_pixel_size
+
+    with rasterio.open(path) as ds:
+        return ground_pixel_size(ds.crs, ds.transform, ds.width, ds.height)
+
+
+def with_pixel_size(summary: dict, pixel_size: float | None) -> dict:
+    """A model card's data summary with the pixel size where it is known: detection then
+    meets finer imagery at it (:mod:`kdmsi_core.resolution`); a model trained on data of
+    unknown pixel size runs on any data as it is."""
+    return summary if pixel_size is None else {**summary, "pixel_size": round(pixel_size, 6)}
 
 
 def _read_names(path: Path) -> list[str]:

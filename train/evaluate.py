@@ -15,7 +15,8 @@ from kdmsi_core.inference import infer_batch
 from kdmsi_core.normalize import for_data
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_core.refine import for_run, refine
-from kdmsi_train.datasets import PairStore, TileFolder, sample_values
+from kdmsi_core.resolution import reduced_scales, reduction
+from kdmsi_train.datasets import PairStore, TileFolder, folder_pixel_size, sample_values
 from kdmsi_train.metrics import Confusion
 from kdmsi_train.shape_metrics import BoundaryScore, ObjectCounts
 
@@ -27,7 +28,8 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
              scales: Sequence[float] | None = None, teacher: bool = False,
              progress: Progress | None = None, bands: Sequence[int] | None = None,
              engine: str = "auto", low_threshold: float | None = None,
-             refine_radius: int | None = None) -> dict:
+             refine_radius: int | None = None, pixel_size: float | None = None,
+             match_resolution: bool = True) -> dict:
     """Change-class metrics of each inference method on ``split`` (see :mod:`metrics`).
 
     Methods: ``msi`` (the product's inference), ``single`` (student sigmoid at scale 1, no
@@ -43,7 +45,10 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     (:mod:`~kdmsi_core.hysteresis`); the first stage and the teacher stay plain.
     ``msi`` is refined along the images' edges as the model's card says, or with
     ``refine_radius`` (0: not at all; :mod:`~kdmsi_core.refine`); when it is, ``msi_raw``
-    shows the same maps unrefined.
+    shows the same maps unrefined. Tiles finer than the model's training data are read at
+    its resolution as ``detect`` reads them (``match_resolution``, unless ``scales`` are
+    given); their pixel size is ``pixel_size`` (metres) or what the folder records
+    (:func:`~kdmsi_train.datasets.folder_pixel_size`).
     """
     progress = progress or NullProgress()
     folder = TileFolder.open(data_dir, split, need_labels=False, need_masks=True)
@@ -55,7 +60,10 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
                         f"{student.path.name} expects {card.network.in_channels}; evaluate a "
                         f"model trained on {store.shape[0]}-band tiles.")
     t = card.threshold if threshold is None else threshold
-    used_scales = tuple(scales) if scales else card.scales
+    pixel = pixel_size if pixel_size is not None else folder_pixel_size(data_dir)
+    factor = (reduction(pixel, card.pixel_size) if match_resolution and not scales
+              else 1.0)
+    used_scales = tuple(scales) if scales else reduced_scales(card.scales, factor)
     refinement = for_run(card.refine, refine_radius)
     runs = {"msi": (used_scales, True), "single": ((1.0,), False)}  # scales, flip
     thresholds = dict.fromkeys([*runs, *(["msi_raw"] if refinement else [])], t)
@@ -72,6 +80,7 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
         lows["stage1_msi"] = first.card.threshold
     results: dict = {"data": str(data_dir), "split": split, "tiles": len(store),
                      "model": str(student.path), "scales": list(used_scales),
+                     "pixel_size_m": pixel, "resolution_factor": factor,
                      "refine_radius": refinement.radius if refinement else 0, "methods": {}}
     confusions = {method: Confusion() for method in thresholds}
     shapes = {method: (BoundaryScore(), ObjectCounts()) for method in thresholds}

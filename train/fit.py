@@ -16,7 +16,13 @@ from kdmsi_core.model import for_inference
 from kdmsi_core.msi import DEFAULT_SCALES
 from kdmsi_core.progress import NullProgress, Progress
 from kdmsi_train import threshold
-from kdmsi_train.datasets import PairStore, TileFolder
+from kdmsi_train.datasets import (
+    PairStore,
+    TileFolder,
+    folder_pixel_size,
+    raster_pixel_size,
+    with_pixel_size,
+)
 from kdmsi_train.predict import iter_maps
 from kdmsi_train.trainer import TrainConfig, TrainResult, train
 
@@ -65,7 +71,7 @@ def fit_tile_folder(data_dir: str | Path, output: str | Path, config: TrainConfi
     if (Path(data_dir) / "list" / "val_label.txt").is_file():
         val_store = PairStore(TileFolder.open(data_dir, "val"))
     return fit(train_store, val_store, output, config, keep_teacher, progress,
-               {"data": str(data_dir)})
+               with_pixel_size({"data": str(data_dir)}, folder_pixel_size(data_dir)))
 
 
 def fit(train_store: PairStore, val_store: PairStore | None, output: Path, config: TrainConfig,
@@ -133,4 +139,5 @@ def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | 
         val = None
         train_part = store
     return fit(train_part, val, output, config, keep_teacher, progress,
-               {"t1": str(t1), "t2": str(t2), "labels": str(labels)})
+               with_pixel_size({"t1": str(t1), "t2": str(t2), "labels": str(labels)},
+                               raster_pixel_size(t1)))

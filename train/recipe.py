@@ -38,7 +38,7 @@ from kdmsi_core.checkpoint import (
 )
 from kdmsi_core.errors import CheckpointError, ParameterError
 from kdmsi_core.progress import BarProgress
-from kdmsi_train.datasets import PairStore, TileFolder
+from kdmsi_train.datasets import PairStore, TileFolder, folder_pixel_size, with_pixel_size
 from kdmsi_train.evaluate import evaluate
 from kdmsi_train.fit import fit_tile_folder
 from kdmsi_train.pseudo import write_pseudo_labels
@@ -163,8 +163,9 @@ def run(output: Path, work: Path, data: dict, config: TrainConfig, test_data: di
             config = replace(STAGE2, init=str(kept),
                              start=str(labeller) if index > rounds else None)
         fitted = fit_segmenter(pseudo, val, segmenter, config, BarProgress(),
-                               {"data": f"recipe scenes (seed {data['seed']})",
-                                "stage1_model": str(kept), "round": index, "rounds": total})
+                               with_pixel_size({"data": f"recipe scenes (seed {data['seed']})",
+                                                "stage1_model": str(kept), "round": index,
+                                                "rounds": total}, folder_pixel_size(tiles)))
         stage2.append({"round": index, "seconds": round(time.perf_counter() - began, 1),
                        "threshold": fitted.card.threshold, "best_epoch": fitted.best_epoch,
                        "pseudo_labels": summary,

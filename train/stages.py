@@ -33,7 +33,13 @@ from kdmsi_core.checkpoint import has_first_stage
 from kdmsi_core.errors import OutputError
 from kdmsi_core.progress import NullProgress, Progress
 from kdmsi_train import fit
-from kdmsi_train.datasets import PairStore, TileFolder
+from kdmsi_train.datasets import (
+    PairStore,
+    TileFolder,
+    folder_pixel_size,
+    raster_pixel_size,
+    with_pixel_size,
+)
 from kdmsi_train.pseudo import SUMMARY, write_pseudo_labels
 from kdmsi_train.stage2 import SegmenterFit, Stage2Config, fit_segmenter
 from kdmsi_train.trainer import TrainConfig
@@ -189,7 +195,8 @@ def fit_tile_folder(data_dir: str | Path, output: str | Path, config: TrainConfi
                 "rounds": rounds}
     with _work(output, settings, overwrite) as work:
         return _run(data_dir, output, config, stage2, rounds, work,
-                    progress or NullProgress(), {"data": str(data_dir)})
+                    progress or NullProgress(),
+                    with_pixel_size({"data": str(data_dir)}, folder_pixel_size(data_dir)))
 
 
 def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | Path,
@@ -212,7 +219,8 @@ def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | 
             write_area_tiles(t1, t2, labels, tiles, tile_size, samples, config.seed)
             progress.update("sample tiles", 1, 1)
         return _run(tiles, output, config, stage2, rounds, work, progress,
-                    {"t1": str(t1), "t2": str(t2), "labels": str(labels)})
+                    with_pixel_size({"t1": str(t1), "t2": str(t2), "labels": str(labels)},
+                                    raster_pixel_size(t1)))
 
 
 def _config_dict(config: TrainConfig) -> dict:

@@ -42,12 +42,19 @@ def summary_message(summary: dict) -> str:
 @options.refine_radius_opt
 @click.option("--min-area", type=float, default=0.0, show_default=True,
               help="Drop polygons smaller than this many m² (true areas for a geographic CRS).")
-@click.option("--tile-size", type=int, default=DEFAULT_TILE_SIZE, show_default=True,
-              help="Tile side in pixels.")
-@click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True,
-              help="Pixels shared by neighbouring tiles and blended.")
+@click.option("--tile-size", type=int, default=None,
+              help=f"Tile side in pixels [default: {DEFAULT_TILE_SIZE}; larger on imagery "
+                   "finer than the model's, see --native-resolution].")
+@click.option("--overlap", type=int, default=None,
+              help=f"Pixels shared by neighbouring tiles and blended [default: "
+                   f"{DEFAULT_OVERLAP}; more with larger tiles].")
 @options.batch_size_opt
 @options.scales_opt
+@click.option("--native-resolution", is_flag=True,
+              help="Run the model on the pixels as they are. By default imagery finer than "
+                   "the model's training data (e.g. 0.15 m for a model trained at 0.5 m) is "
+                   "read at the model's resolution, where it finds more; the outputs stay "
+                   "on T1's grid either way.")
 @options.bands_opt
 @options.device_opt
 @options.engine_opt
@@ -61,8 +68,9 @@ def summary_message(summary: dict) -> str:
 @options.progress_opt
 def command(t1: str, t2: str, output: str, probability: str | None, mask: str | None,
             model: str | None, threshold: float | None, low_threshold: float | None,
-            refine_radius: int | None, min_area: float, tile_size: int, overlap: int,
-            batch_size: int | None, scales: tuple[float, ...] | None,
+            refine_radius: int | None, min_area: float, tile_size: int | None,
+            overlap: int | None, batch_size: int | None, scales: tuple[float, ...] | None,
+            native_resolution: bool,
             bands: tuple[int, ...] | None, device: str, engine: str, workers: int | None,
             scheduler: str | None, overwrite: bool, progress_kind: str) -> None:
     """Detect changes from T1 to T2 (GeoTIFFs of the same place, any size).
@@ -79,6 +87,7 @@ def command(t1: str, t2: str, output: str, probability: str | None, mask: str | 
                          refine_radius=refine_radius,
                          min_area=min_area, tile_size=tile_size, overlap=overlap,
                          batch_size=batch_size, scales=scales, bands=bands,
+                         match_resolution=not native_resolution,
                          device=device, engine=engine, overwrite=overwrite, workers=workers,
                          scheduler=scheduler, progress=progress)
     finally:

@@ -41,19 +41,26 @@ def format_table(results: dict) -> str:
 @refine_radius_opt
 @click.option("--teacher", is_flag=True,
               help="Also evaluate the teacher CAM (if stored; needs torch).")
+@click.option("--pixel-size", type=click.FloatRange(0, min_open=True), default=None,
+              help="Ground size of the tiles' pixels in metres, where the folder does not "
+                   "record it; tiles finer than the model's are read at its resolution, as "
+                   "detect reads them.")
+@click.option("--native-resolution", is_flag=True,
+              help="Run the model on the tiles' pixels as they are (as detect's option).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
 @device_opt
 @engine_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def command(data_dir, model, split, threshold, low_threshold, scales, refine_radius, teacher,
-            batch_size, device, engine, as_json) -> None:
+            pixel_size, native_resolution, batch_size, device, engine, as_json) -> None:
     """Precision, recall, F1, IoU (change class), overall accuracy and kappa on DATA_DIR."""
     from kdmsi_train.evaluate import evaluate
 
     progress = make_progress("none" if as_json else "bar")
     results = evaluate(data_dir, model, split, batch_size, device, threshold, scales, teacher,
                        progress, engine=engine, low_threshold=low_threshold,
-                       refine_radius=refine_radius)
+                       refine_radius=refine_radius, pixel_size=pixel_size,
+                       match_resolution=not native_resolution)
     if hasattr(progress, "close"):
         progress.close()
     click.echo(json.dumps(results, indent=2) if as_json else format_table(results))

@@ -39,6 +39,9 @@ def card_lines(record: dict) -> list[str]:
         f"Threshold: {record['threshold']:.3f}",
     ]
     lines.append(f"Input scaling: {_scaling(record['normalization'])}")
+    pixel = training.get("pixel_size")
+    lines.append(f"Pixel size: {pixel:g} m, its training data's; finer imagery is read at it"
+                 if pixel else "Pixel size: not recorded; imagery runs on its own pixels")
     refine = record.get("refine")
     lines.append(f"Outline refinement: guided filter, both dates as guide, radius "
                  f"{refine['radius']} px, eps {refine['eps']:g}" if refine

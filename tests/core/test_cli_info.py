@@ -36,19 +36,20 @@ def test_text_card_names_what_a_user_needs() -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert [line.split(":")[0] for line in lines] == [
-        "Model", "Kind", "Bands", "Tile size", "Threshold", "Input scaling",
+        "Model", "Kind", "Bands", "Tile size", "Threshold", "Input scaling", "Pixel size",
         "Outline refinement", "Trained", "Carries its first stage"]
     assert lines[2].startswith("Bands: 3 (")
     # the recipe's 8-bit scenes: 2nd percentiles at 7-11 %, 98th at 61-76 % of 0..255
     assert lines[5].endswith("percentiles at 7%-11% and 61%-76% of the 8-bit range, where "
                              "its training data's fell")
-    assert lines[6] == ("Outline refinement: guided filter, both dates as guide, radius "
+    assert lines[6] == "Pixel size: 0.5 m, its training data's; finer imagery is read at it"
+    assert lines[7] == ("Outline refinement: guided filter, both dates as guide, radius "
                         "12 px, eps 0.001")
     # the embedded segmenter is the recipe's last round's: the long one after fine-tuning
     rounds = RECIPE_ROUNDS + FINETUNE_ROUNDS + 1
-    assert lines[7].endswith(f"round {rounds} of {rounds}, on the pseudo labels "
+    assert lines[8].endswith(f"round {rounds} of {rounds}, on the pseudo labels "
                              "of the round before")
-    assert lines[7].startswith(f"Trained: {FINAL_EPOCHS} epochs, ")
+    assert lines[8].startswith(f"Trained: {FINAL_EPOCHS} epochs, ")
 
 
 def test_one_epoch_is_not_plural(tmp_path: Path) -> None:
@@ -58,6 +59,7 @@ def test_one_epoch_is_not_plural(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["info", str(out)])
     assert result.exit_code == 0, result.output
     assert "Trained: 1 epoch, best epoch 1," in result.output
+    assert "Pixel size: not recorded; imagery runs on its own pixels" in result.output
     assert "Outline refinement: none" in result.output  # a card without one
     assert ("other data stretched per band, their 2nd and 98th percentiles at 0 and 255"
             in result.output)  # an older card, without its training data's percentiles

@@ -20,7 +20,8 @@ PIXEL_SIZE = 0.5
 
 
 def write_pair(out_dir: Path, size: int, seed: int, bands: int = 3,
-               dates: tuple[str, str] | None = None) -> dict[str, str]:
+               dates: tuple[str, str] | None = None,
+               pixel_size: float = PIXEL_SIZE) -> dict[str, str]:
     """A synthetic scene pair (kdmsi_train.synth) as GeoTIFFs in UTM 33N, with its change mask.
 
     ``bands`` 4 adds a near-infrared-like fourth band; ``dates`` are written where GDAL keeps
@@ -32,9 +33,9 @@ def write_pair(out_dir: Path, size: int, seed: int, bands: int = 3,
 
     from kdmsi_train.synth import make_scene_pair
 
-    pair = make_scene_pair(seed, size, PIXEL_SIZE)
+    pair = make_scene_pair(seed, size, pixel_size)
     profile = dict(driver="GTiff", width=size, height=size, dtype="uint8", crs=f"EPSG:{EPSG}",
-                   transform=from_origin(500000.0, 5500000.0, PIXEL_SIZE, PIXEL_SIZE))
+                   transform=from_origin(500000.0, 5500000.0, pixel_size, pixel_size))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     images = [pair.t1, pair.t2]
@@ -98,6 +99,7 @@ def main() -> None:
     pair.add_argument("--seed", type=int, default=3)
     pair.add_argument("--bands", type=int, choices=(3, 4), default=3)
     pair.add_argument("--dates", help="acquisition dates of t1 and t2, e.g. 2021-06-01,2019-06-01")
+    pair.add_argument("--pixel-size", type=float, default=PIXEL_SIZE)
     model = sub.add_parser("model")
     model.add_argument("path", type=Path)
     labels = sub.add_parser("labels")
@@ -105,7 +107,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "pair":
         dates = tuple(args.dates.split(",")) if args.dates else None
-        print(json.dumps(write_pair(args.out_dir, args.size, args.seed, args.bands, dates)))
+        print(json.dumps(write_pair(args.out_dir, args.size, args.seed, args.bands, dates,
+                                    args.pixel_size)))
     elif args.what == "labels":
         print(json.dumps({"areas": label_areas(args.mask)}))
     else:

@@ -38,8 +38,8 @@ def test_provider_parameters_and_help(plugin) -> None:
     alg = registry.algorithmById(ALG)
     names = [p.name() for p in alg.parameterDefinitions()]
     assert names == ["T1", "T2", "MODEL", "BANDS", "THRESHOLD", "LOW_THRESHOLD", "REFINE_RADIUS",
-                     "MIN_AREA",
-                     "TILE_SIZE", "OVERLAP", "SCALES", "DEVICE", "PROBABILITY", "CHANGES"]
+                     "MIN_AREA", "TILE_SIZE", "OVERLAP", "SCALES", "NATIVE_RESOLUTION", "DEVICE",
+                     "PROBABILITY", "CHANGES"]
     required = {p.name() for p in alg.parameterDefinitions()
                 if not p.flags() & p.FlagOptional and p.defaultValue() is None}
     assert required == {"T1", "T2", "PROBABILITY", "CHANGES"}
@@ -190,6 +190,23 @@ def test_bands_reach_the_command(plugin, tmp_path: Path) -> None:
     result = processing.run(ALG, {**run, "BANDS": [1, 2, 3]}, feedback=feedback)
     assert "--bands 1,2,3" in feedback.commands[-1]
     assert QgsVectorLayer(result["CHANGES"], "c", "ogr").isValid()
+
+
+def test_finer_imagery_runs_at_the_models_resolution_unless_asked(plugin,
+                                                                  tmp_path: Path) -> None:
+    fine = make_data("pair", str(tmp_path / "fine"), "--size", "192", "--pixel-size", "0.25")
+    run = {"T1": fine["t1"], "T2": fine["t2"], "MIN_AREA": 0, "DEVICE": "cpu",
+           "PROBABILITY": "TEMPORARY_OUTPUT", "CHANGES": "TEMPORARY_OUTPUT"}
+    feedback = RecordingFeedback()
+    processing.run(ALG, run, feedback=feedback)  # the default model learnt from 0.5 m
+    assert "--native-resolution" not in feedback.commands[-1]
+    said = [m for m in feedback.log if "finer than the model's" in m]
+    assert len(said) == 1 and "0.25 m" in said[0] and "scales 0.5, 0.75" in said[0]
+
+    feedback = RecordingFeedback()
+    processing.run(ALG, {**run, "NATIVE_RESOLUTION": True}, feedback=feedback)
+    assert "--native-resolution" in feedback.commands[-1]
+    assert not any("finer than the model's" in m for m in feedback.log)
 
 
 def test_same_image_twice_is_refused_at_once(plugin, pair) -> None:
