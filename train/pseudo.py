@@ -50,8 +50,9 @@ from kdmsi_core.errors import DataError, OutputError
 from kdmsi_core.model import for_inference
 from kdmsi_core.normalize import for_data
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
+from kdmsi_core.resolution import reduced_scales, reduction
 from kdmsi_train import threshold
-from kdmsi_train.datasets import PairStore, TileFolder, read_tile, sample_values
+from kdmsi_train.datasets import PairStore, TileFolder, folder_pixel_size, read_tile, sample_values
 from kdmsi_train.predict import iter_maps
 
 BACKGROUND, CHANGE, IGNORE = 0, 1, 255
@@ -136,7 +137,10 @@ def write_pseudo_labels(data_dir: str | Path, model: str | Path, output: str | P
     loaded = load_checkpoint(model, dev)
     for_inference(loaded.model, dev)
     card = loaded.card
-    scales = tuple(card.scales if scales is None else scales)
+    # finer tiles than the model learnt from are read at its resolution, as detect reads them
+    factor = 1.0 if scales is not None else reduction(folder_pixel_size(data_dir),
+                                                      card.pixel_size)
+    scales = tuple(reduced_scales(card.scales, factor) if scales is None else scales)
     labels = store.labels
     _, height, width = store.shape
     tmp = Path(tempfile.mkdtemp(prefix=".kdmsi-pseudo-", dir=output.parent))
@@ -174,7 +178,8 @@ def write_pseudo_labels(data_dir: str | Path, model: str | Path, output: str | P
         summary = {
             "data": str(data_dir), "split": split, "model": str(loaded.path),
             "model_kind": card.kind, "model_threshold": card.threshold,
-            "scales": list(scales), "t_high": high, "t_low": low, "rule": RULE,
+            "scales": list(scales), "resolution_factor": factor,
+            "t_high": high, "t_low": low, "rule": RULE,
             "tiles": len(store), "changed_pairs": int(labels.sum()),
             "changed_pairs_all_ignored": unplaced,
             "fractions": {k: float(c) / total

@@ -48,3 +48,15 @@ def test_evaluate_reads_finer_tiles_at_the_models_resolution(tmp_path: Path) -> 
     assert told["resolution_factor"] == 1.0 and told["scales"] == [1.0, 1.5]
     # the same maps either way, but for the scales: the results differ
     assert matched["methods"]["msi"]["f1"] != native["methods"]["msi"]["f1"]
+
+
+def test_pseudo_labels_of_finer_tiles_come_from_the_models_resolution(tmp_path: Path) -> None:
+    from kdmsi_core.checkpoint import default_model_path
+    from kdmsi_train.pseudo import write_pseudo_labels
+
+    tiles = write_tile_dataset(tmp_path / "fine", seed=4, scenes=2, scene_size=128,
+                               tile_size=64, pixel_size=0.25)
+    summary = write_pseudo_labels(tiles, default_model_path(), tmp_path / "p")
+    assert summary["resolution_factor"] == 0.5 and summary["scales"] == [0.5, 0.75]
+    chosen = write_pseudo_labels(tiles, default_model_path(), tmp_path / "q", scales=(1.0,))
+    assert chosen["resolution_factor"] == 1.0 and chosen["scales"] == [1.0]
