@@ -16,9 +16,13 @@ OBJECTS = ("objects_hit", "objects_missed", "objects_false")
 
 def format_table(results: dict) -> str:
     """A fixed-width table, one row per inference method."""
+    factor = results.get("resolution_factor", 1.0)
+    reduced = (f"; {results['pixel_size_m']:g}-m tiles read at the model's resolution "
+               f"(scales {', '.join(f'{s:g}' for s in results['scales'])})" if factor < 1
+               else "")
     lines = [f"{results['tiles']} tiles of split '{results['split']}' in {results['data']}; "
              "change-class metrics, boundary F1 within 2 px, objects hit / missed / false "
-             "(see README, 'Metrics')",
+             f"(see README, 'Metrics'){reduced}",
              f"{'method':<12}{'thr':>6}{'low':>6}" + "".join(f"{c[:9]:>10}" for c in COLUMNS)
              + "".join(f"{c[8:]:>8}" for c in OBJECTS)]
     for method, m in results["methods"].items():

@@ -62,7 +62,8 @@ bands_opt = click.option(
          "[default: all non-alpha bands, when their count fits the model].")
 scales_opt = click.option(
     "--scales", callback=parse_scales, default=None, metavar="S,S,...",
-    help="MSI scales [default: the checkpoint's, usually 0.5,1,1.25,2].")
+    help="MSI scales, used as given [default: the checkpoint's (the embedded model's: 1,1.5), "
+         "reduced on imagery finer than its training data].")
 refine_radius_opt = click.option(
     "--refine-radius", type=int, default=None, metavar="PX",
     help="Radius in pixels of the edge-aware refinement that moves the change outlines onto "

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kdmsi_core.cli.evaluate import format_table
 from kdmsi_train.datasets import folder_pixel_size, raster_pixel_size, with_pixel_size
 from kdmsi_train.evaluate import evaluate
 from kdmsi_train.synth import write_tile_dataset
@@ -48,6 +49,8 @@ def test_evaluate_reads_finer_tiles_at_the_models_resolution(tmp_path: Path) -> 
     assert told["resolution_factor"] == 1.0 and told["scales"] == [1.0, 1.5]
     # the same maps either way, but for the scales: the results differ
     assert matched["methods"]["msi"]["f1"] != native["methods"]["msi"]["f1"]
+    said = "0.25-m tiles read at the model's resolution (scales 0.5, 0.75)"
+    assert said in format_table(matched) and "model's resolution" not in format_table(native)
 
 
 def test_pseudo_labels_of_finer_tiles_come_from_the_models_resolution(tmp_path: Path) -> None:
