@@ -43,6 +43,9 @@ from .styling import OutputStyler, ProbabilityRange, probability_range
 # Empty MIN_AREA: regions smaller than this many cells of the model's output grid are
 # dropped; the network cannot place anything more finely than about one cell.
 MIN_AREA_CELLS = 2
+MAX_REDUCTION = 8
+"""The core reads imagery finer than a model's training data at the model's pixel size,
+down to 1/8 of T1's resolution (its smallest scale, 0.125)."""
 # Typical shares of a run's time (a 1024² pair on the CPU: 1 %, 97 %, 1 %, 2 %), so that
 # one bar crosses all stages at an even pace.
 STAGES = Stages([
@@ -89,8 +92,9 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
                          "model; none for models without one).",
         "MIN_AREA": "Change regions smaller than this many square metres are dropped. "
                     f"Default (empty): {MIN_AREA_CELLS} cells of the model's output grid at "
-                    "T1's pixel size (8 m² for the default model at 0.5 m pixels); the log "
-                    "states the value used. 0 keeps every region.",
+                    "the pixel size it runs at: T1's, or the model's own on finer imagery "
+                    "(8 m² for the default model at 0.5 m pixels and finer); the log states "
+                    "the value used. 0 keeps every region.",
         "TILE_SIZE": "Side of the square tiles, in pixels, that the model sees. "
                      "Default (empty): 256, larger on imagery finer than the model's.",
         "OVERLAP": "Pixels shared by neighbouring tiles, blended to avoid seams. "
@@ -270,13 +274,22 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
     def _min_area(self, parameters: dict[str, Any], context: QgsProcessingContext,
                   executable: str, model: str, feedback: QgsProcessingFeedback,
                   log: RunLog) -> float:
-        """MIN_AREA, or MIN_AREA_CELLS cells of the model's output grid at T1's pixel size."""
+        """MIN_AREA, or MIN_AREA_CELLS cells of the model's output grid at the pixel size it
+        runs at: T1's, or the model's own where the core reads finer imagery at it."""
         if is_set(parameters.get("MIN_AREA")):
             return self.parameterAsDouble(parameters, "MIN_AREA", context)
         log.text("Reading the model's card...")
-        stride = int(model_card(executable, model, feedback)["output_stride"])
+        card = model_card(executable, model, feedback)
+        stride = int(card["output_stride"])
         pixel = pixel_area_m2(self.parameterAsRasterLayer(parameters, "T1", context))
+        trained = card.get("training", {}).get("pixel_size")
+        reduced = (trained and trained * trained > pixel and not is_set(parameters.get("SCALES"))
+                   and not self.parameterAsBoolean(parameters, "NATIVE_RESOLUTION", context))
+        if reduced:
+            pixel = min(trained * trained, pixel * MAX_REDUCTION ** 2)
         area = MIN_AREA_CELLS * stride * stride * pixel
         log.info(f"Minimum change area: {area:.1f} m² ({MIN_AREA_CELLS} cells of {stride} × "
-                 f"{stride} pixels, the model's output grid, at T1's {pixel:.3g} m² pixels).")
+                 f"{stride} pixels, the model's output grid, at "
+                 + (f"the model's {pixel:.3g} m² pixels, at which it reads T1)." if reduced
+                    else f"T1's {pixel:.3g} m² pixels)."))
         return area

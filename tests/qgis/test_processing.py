@@ -195,18 +195,21 @@ def test_bands_reach_the_command(plugin, tmp_path: Path) -> None:
 def test_finer_imagery_runs_at_the_models_resolution_unless_asked(plugin,
                                                                   tmp_path: Path) -> None:
     fine = make_data("pair", str(tmp_path / "fine"), "--size", "192", "--pixel-size", "0.25")
-    run = {"T1": fine["t1"], "T2": fine["t2"], "MIN_AREA": 0, "DEVICE": "cpu",
+    run = {"T1": fine["t1"], "T2": fine["t2"], "DEVICE": "cpu",
            "PROBABILITY": "TEMPORARY_OUTPUT", "CHANGES": "TEMPORARY_OUTPUT"}
     feedback = RecordingFeedback()
-    processing.run(ALG, run, feedback=feedback)  # the default model learnt from 0.5 m
+    result = processing.run(ALG, run, feedback=feedback)  # the default model learnt from 0.5 m
     assert "--native-resolution" not in feedback.commands[-1]
     said = [m for m in feedback.log if "finer than the model's" in m]
     assert len(said) == 1 and "0.25 m" in said[0] and "scales 0.5, 0.75" in said[0]
+    # no speck smaller than the grid the model ran on: 2 cells of 4 pixels of 0.5 m
+    assert result["MIN_AREA_USED"] == pytest.approx(2 * 4 * 4 * 0.5 * 0.5)
 
     feedback = RecordingFeedback()
-    processing.run(ALG, {**run, "NATIVE_RESOLUTION": True}, feedback=feedback)
+    result = processing.run(ALG, {**run, "NATIVE_RESOLUTION": True}, feedback=feedback)
     assert "--native-resolution" in feedback.commands[-1]
     assert not any("finer than the model's" in m for m in feedback.log)
+    assert result["MIN_AREA_USED"] == pytest.approx(2 * 4 * 4 * 0.25 * 0.25)
 
 
 def test_same_image_twice_is_refused_at_once(plugin, pair) -> None:
