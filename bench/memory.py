@@ -1,10 +1,13 @@
 """Peak memory and speed of ``kdmsi-geo detect`` at growing raster sizes (not a test).
 
 Each size runs in its own child process so that its peak RSS is its own. The pair is
-generated strip by strip (3-band uint8, 0.5 m UTM, a change every 1024 px), so generating it
-needs no more memory than running on it. Without ``--model`` the embedded model is used.
+generated strip by strip (3-band uint8, UTM, 0.5 m unless ``--pixel-size`` says otherwise, a
+change every 1024 px), so generating it needs no more memory than running on it. Without
+``--model`` the embedded model is used; finer pixels than its 0.5 m are read at its
+resolution, with larger tiles.
 
-    python bench/memory.py --sizes 4096,8192,16384 [--scales 0.5,1,1.25,2] [--keep DIR]
+    python bench/memory.py --sizes 4096,8192,16384 [--pixel-size 0.1] [--scales 0.5,1,1.25,2]
+        [--keep DIR]
 """
 
 from __future__ import annotations
@@ -27,13 +30,13 @@ for _var in ("PROJ_DATA", "PROJ_LIB"):
 STRIP = 512
 
 
-def write_pair(folder: Path, size: int) -> tuple[Path, Path]:
+def write_pair(folder: Path, size: int, pixel: float = 0.5) -> tuple[Path, Path]:
     """A size x size pair, written in strips: blurred-noise landscape, bright squares in t2."""
     import rasterio
     from rasterio.transform import from_origin
 
     profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
-               "crs": "EPSG:32633", "transform": from_origin(500000, 5000000, 0.5, 0.5),
+               "crs": "EPSG:32633", "transform": from_origin(500000, 5000000, pixel, pixel),
                "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate",
                "bigtiff": "IF_SAFER"}
     paths = folder / f"t1_{size}.tif", folder / f"t2_{size}.tif"
@@ -69,12 +72,14 @@ def run_one(args: argparse.Namespace) -> None:
                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                            / 1024), "polygons": s.polygons,
                       "scales": list(s.scales), "tile_size": s.tile_size,
+                      "pixel_size_m": s.pixel_size_m,
                       "batch_size": s.batch_size, "device": s.device}))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="4096,8192,16384")
+    p.add_argument("--pixel-size", type=float, default=0.5, help="metres (default 0.5)")
     p.add_argument("--model", default=None)
     p.add_argument("--scales", default=None, help="e.g. 1 (default: the checkpoint's)")
     p.add_argument("--tile-size", type=int, default=None)
@@ -86,10 +91,6 @@ def main() -> None:
     args = p.parse_args()
     args.scales = [float(s) for s in args.scales.split(",")] if args.scales else None
     if args.one:
-        from kdmsi_core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
-
-        args.tile_size = args.tile_size or DEFAULT_TILE_SIZE
-        args.overlap = DEFAULT_OVERLAP if args.overlap is None else args.overlap
         run_one(args)
         return
     with tempfile.TemporaryDirectory(prefix="kdmsi-bench-") as tmp:
@@ -101,7 +102,7 @@ def main() -> None:
         print(f"model: {model}", file=sys.stderr)
         for size in (int(s) for s in args.sizes.split(",")):
             t0 = time.perf_counter()
-            t1, t2 = write_pair(folder, size)
+            t1, t2 = write_pair(folder, size, args.pixel_size)
             print(f"{size}^2 pair generated in {time.perf_counter() - t0:.0f} s",
                   file=sys.stderr)
             child = [sys.executable, __file__, "--one", "--t1", str(t1), "--t2", str(t2),
