@@ -31,11 +31,12 @@ model's own resolution) up to this side in pixels of the data."""
 def ground_pixel_size(crs: CRS | None, transform: Affine, width: int, height: int
                       ) -> float | None:
     """The side in metres of a square of the same area as a pixel at the grid's centre
-    (geodesic for a geographic CRS); None without a CRS or a usable transform."""
-    if crs is None or not (transform.a and transform.e):
+    (geodesic for a geographic CRS; a rotated grid's pixels by their sides); None without a
+    CRS or a usable transform."""
+    dx, dy = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
+    if crs is None or not (dx and dy):
         return None
     x, y = transform @ (width / 2, height / 2)
-    dx, dy = abs(transform.a), abs(transform.e)
     area = area_function(crs)(box(x, y, x + dx, y + dy))
     return math.sqrt(area) if area > 0 and math.isfinite(area) else None
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.crs import CRS
-from rasterio.transform import from_origin
+from rasterio.transform import Affine, from_origin
 
 from kdmsi_core import detect
 from kdmsi_core.checkpoint import load_checkpoint, read_card, save_checkpoint
@@ -40,6 +40,8 @@ def test_pixel_size_in_metres_for_projected_and_geographic_crs() -> None:
     north = ground_pixel_size(wgs84, from_origin(10.0, 60.0005, 1e-5, 1e-5), 100, 100)
     assert north / equator == pytest.approx(np.sqrt(0.5) * 1.0056, rel=3e-3)
     assert ground_pixel_size(None, transform_for(0.3), 100, 100) is None
+    rotated = transform_for(0.3) * Affine.rotation(30)
+    assert ground_pixel_size(utm, rotated, 100, 100) == pytest.approx(0.3)
 
 
 def test_only_finer_data_are_reduced() -> None:
