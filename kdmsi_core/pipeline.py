@@ -28,7 +28,7 @@ from kdmsi_core.outputs import Staging, StripWriter, check_outputs, write_cog, w
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_core.raster import RasterPair, absolute
 from kdmsi_core.refine import Refinement, for_run
-from kdmsi_core.resolution import ground_pixel_size, reduced_scales, reduced_tiling, reduction
+from kdmsi_core.resolution import ground_pixel_size, reduced_tiling, run_scales
 from kdmsi_core.signals import stop_on_signals
 from kdmsi_core.stitch import StripStitcher
 from kdmsi_core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, Tile, check_tiling, plan_tiles
@@ -203,10 +203,8 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
             Staging(targets, overwrite) as staging, write_errors(targets):
         grid = pair.grid
         pixel = ground_pixel_size(grid.crs, grid.transform, grid.width, grid.height)
-        factor = (reduction(pixel, card.pixel_size) if match_resolution and scales is None
-                  else 1.0)
-        scales = (reduced_scales(card.scales, factor) if scales is None
-                  else tuple(float(s) for s in scales))
+        scales, factor = run_scales(card.scales, card.pixel_size, pixel, scales,
+                                    match_resolution)
         tile_size, overlap = reduced_tiling(
             DEFAULT_TILE_SIZE if tile_size is None else tile_size,
             DEFAULT_OVERLAP if overlap is None else overlap,

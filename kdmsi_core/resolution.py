@@ -55,6 +55,17 @@ def reduced_scales(scales: Sequence[float], factor: float) -> tuple[float, ...]:
     return tuple(round(float(s) * factor, 6) for s in scales)
 
 
+def run_scales(card_scales: Sequence[float], model_pixel: float | None,
+               data_pixel: float | None, scales: Sequence[float] | None = None,
+               match: bool = True) -> tuple[tuple[float, ...], float]:
+    """The scales a run uses and the factor behind them: ``scales`` as given (factor 1),
+    else the card's, reduced when ``match`` and the data are finer than the model's."""
+    if scales is not None:
+        return tuple(float(s) for s in scales), 1.0
+    factor = reduction(data_pixel, model_pixel) if match else 1.0
+    return reduced_scales(card_scales, factor), factor
+
+
 def reduced_tiling(tile_size: int, overlap: int, factor: float, stride: int
                    ) -> tuple[int, int]:
     """Tile side and overlap in data pixels that cover as much ground as ``tile_size`` and

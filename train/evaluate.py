@@ -15,7 +15,7 @@ from kdmsi_core.inference import infer_batch
 from kdmsi_core.normalize import for_data
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_core.refine import for_run, refine
-from kdmsi_core.resolution import reduced_scales, reduction
+from kdmsi_core.resolution import run_scales
 from kdmsi_train.datasets import PairStore, TileFolder, folder_pixel_size, sample_values
 from kdmsi_train.metrics import Confusion
 from kdmsi_train.shape_metrics import BoundaryScore, ObjectCounts
@@ -61,9 +61,8 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
                         f"model trained on {store.shape[0]}-band tiles.")
     t = card.threshold if threshold is None else threshold
     pixel = pixel_size if pixel_size is not None else folder_pixel_size(data_dir)
-    factor = (reduction(pixel, card.pixel_size) if match_resolution and not scales
-              else 1.0)
-    used_scales = tuple(scales) if scales else reduced_scales(card.scales, factor)
+    used_scales, factor = run_scales(card.scales, card.pixel_size, pixel, scales or None,
+                                     match_resolution)
     refinement = for_run(card.refine, refine_radius)
     runs = {"msi": (used_scales, True), "single": ((1.0,), False)}  # scales, flip
     thresholds = dict.fromkeys([*runs, *(["msi_raw"] if refinement else [])], t)

@@ -50,7 +50,7 @@ from kdmsi_core.errors import DataError, OutputError
 from kdmsi_core.model import for_inference
 from kdmsi_core.normalize import for_data
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
-from kdmsi_core.resolution import reduced_scales, reduction
+from kdmsi_core.resolution import run_scales
 from kdmsi_train import threshold
 from kdmsi_train.datasets import PairStore, TileFolder, folder_pixel_size, read_tile, sample_values
 from kdmsi_train.predict import iter_maps
@@ -138,9 +138,9 @@ def write_pseudo_labels(data_dir: str | Path, model: str | Path, output: str | P
     for_inference(loaded.model, dev)
     card = loaded.card
     # finer tiles than the model learnt from are read at its resolution, as detect reads them
-    factor = 1.0 if scales is not None else reduction(folder_pixel_size(data_dir),
-                                                      card.pixel_size)
-    scales = tuple(reduced_scales(card.scales, factor) if scales is None else scales)
+    scales, factor = run_scales(card.scales, card.pixel_size,
+                                None if scales is not None else folder_pixel_size(data_dir),
+                                scales)
     labels = store.labels
     _, height, width = store.shape
     tmp = Path(tempfile.mkdtemp(prefix=".kdmsi-pseudo-", dir=output.parent))
