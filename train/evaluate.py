@@ -47,8 +47,8 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     ``refine_radius`` (0: not at all; :mod:`~kdmsi_core.refine`); when it is, ``msi_raw``
     shows the same maps unrefined. Tiles finer than the model's training data are read at
     its resolution as ``detect`` reads them (``match_resolution``, unless ``scales`` are
-    given); their pixel size is ``pixel_size`` (metres) or what the folder records
-    (:func:`~kdmsi_train.datasets.folder_pixel_size`).
+    given), and so is the first stage beside it; their pixel size is ``pixel_size``
+    (metres) or what the folder records (:func:`~kdmsi_train.datasets.folder_pixel_size`).
     """
     progress = progress or NullProgress()
     folder = TileFolder.open(data_dir, split, need_labels=False, need_masks=True)
@@ -73,14 +73,20 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     # The scaling rule detect applies to a raster, applied to a sample of the split.
     norm = for_data(card.normalization, sample_values(store))
     first = _first_stage(model, card.training.get("stage1_model"), engine, device)
-    if first is not None:
-        first_norm = for_data(first.card.normalization, sample_values(store))
-        thresholds["stage1_msi"] = first.card.threshold
-        lows["stage1_msi"] = first.card.threshold
     results: dict = {"data": str(data_dir), "split": split, "tiles": len(store),
                      "model": str(student.path), "scales": list(used_scales),
                      "pixel_size_m": pixel, "resolution_factor": factor,
                      "refine_radius": refinement.radius if refinement else 0, "methods": {}}
+    if first is not None:
+        first_norm = for_data(first.card.normalization, sample_values(store))
+        thresholds["stage1_msi"] = first.card.threshold
+        lows["stage1_msi"] = first.card.threshold
+        # at the resolution the segmenter runs at, so that both stages see the same ground
+        # (a first stage carried inside a segmenter learnt from the segmenter's data)
+        first_scales, _ = run_scales(first.card.scales,
+                                     first.card.pixel_size or card.pixel_size, pixel, None,
+                                     match_resolution and not scales)
+        results["stage1_scales"] = list(first_scales)
     confusions = {method: Confusion() for method in thresholds}
     shapes = {method: (BoundaryScore(), ObjectCounts()) for method in thresholds}
     for start in range(0, len(store), batch_size):
@@ -95,7 +101,7 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
             maps["msi"] = refine(maps["msi"][:, None], t1, t2, refinement)[:, 0]
         if first is not None:
             maps["stage1_msi"] = infer_batch(first, first_norm.apply(a), first_norm.apply(b),
-                                             first.card.scales, True)
+                                             first_scales, True)
         if teacher:
             maps["teacher_cam"] = teacher_maps(t1, t2)
         masks = [folder.mask(int(i)) for i in idx]

@@ -43,8 +43,11 @@ def test_evaluate_reads_finer_tiles_at_the_models_resolution(tmp_path: Path) -> 
     matched = evaluate(tiles, None, "train")  # the embedded model learnt from 0.5-m pixels
     assert matched["pixel_size_m"] == 0.25 and matched["resolution_factor"] == 0.5
     assert matched["scales"] == [0.5, 0.75]
+    # the first stage it carries is shown at the same resolution
+    assert matched["stage1_scales"] == [0.25, 0.5, 0.625, 1.0]
     native = evaluate(tiles, None, "train", match_resolution=False)
     assert native["resolution_factor"] == 1.0 and native["scales"] == [1.0, 1.5]
+    assert native["stage1_scales"] == [0.5, 1.0, 1.25, 2.0]
     told = evaluate(tiles, None, "train", pixel_size=1.0)  # coarser: left as it is
     assert told["resolution_factor"] == 1.0 and told["scales"] == [1.0, 1.5]
     # the same maps either way, but for the scales: the results differ
