@@ -20,6 +20,7 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
@@ -96,6 +97,13 @@ class TrainModelAlgorithm(KdmsiAlgorithm):
         "TILE_SIZE": "Side, in pixels, of the tiles sampled inside the label areas. "
                      f"Default: {DEFAULT_TILE_SIZE}.",
         "SAMPLES": f"Number of training tiles sampled. Default: {DEFAULT_SAMPLES}.",
+        "NATIVE_RESOLUTION": "Train on the pixels as they are. Default (unchecked): images "
+                             "finer than the starting model's training data (e.g. a 0.2-m "
+                             "orthophoto for the default model, trained at 0.5 m) are "
+                             "trained on at the model's resolution, each tile covering the "
+                             "ground it would there; the new model then runs at that "
+                             "resolution in Detect changes too. Unchanged areas must be at "
+                             "least one such tile wide.",
         "START_MODEL": "A model to refine instead of the default one: a file this algorithm "
                        "wrote before (e.g. for a neighbouring area), or any kdmsi-geo model "
                        "that carries its first stage. Its architecture is used. Default "
@@ -167,6 +175,10 @@ class TrainModelAlgorithm(KdmsiAlgorithm):
             advanced(QgsProcessingParameterNumber(
                 "SAMPLES", self.tr("Training tiles"), type=integer,
                 defaultValue=DEFAULT_SAMPLES, minValue=8)),
+            advanced(QgsProcessingParameterBoolean(
+                "NATIVE_RESOLUTION", self.tr("Train at the images' own resolution, even "
+                                             "where finer than the model's"),
+                defaultValue=False)),
             advanced(QgsProcessingParameterFile(
                 "START_MODEL", self.tr("Start from model (empty: the default model)"),
                 behavior=QgsProcessingParameterFile.File,
@@ -217,6 +229,8 @@ class TrainModelAlgorithm(KdmsiAlgorithm):
                        "--samples", str(self.parameterAsInt(parameters, "SAMPLES", context)),
                        "--device", self.parameterAsEnumString(parameters, "DEVICE", context),
                        "--stages", str(stages)]
+            if self.parameterAsBoolean(parameters, "NATIVE_RESOLUTION", context):
+                command.append("--native-resolution")
             if is_set(parameters.get("EPOCHS")):
                 command += ["--epochs", str(self.parameterAsInt(parameters, "EPOCHS", context))]
             start = self.parameterAsFile(parameters, "START_MODEL", context)

@@ -118,20 +118,26 @@ class AreaStore:
     """Tiles sampled inside label areas, held in memory as a training split."""
 
     def __init__(self, t1: Path, t2: Path, labels: Path, tile: int, samples: int,
-                 seed: int = 0, split: str = "train") -> None:
+                 seed: int = 0, split: str = "train", window: int | None = None) -> None:
+        """``window``: the side in t1 pixels of the sampled windows, each then reduced to
+        ``tile`` (training at a coarser model's resolution); ``tile`` by default."""
         rng = np.random.default_rng(seed)
+        side = window or tile
         with open_raster(t1, "t1") as src:
             count = len(data_bands(src))
         with RasterPair(t1, t2, None, count) as pair:
             grid = pair.grid
             areas = read_label_areas(labels, grid.crs, ~grid.transform)
-            windows = sample_windows(areas, grid.width, grid.height, tile, samples, rng)
+            windows = sample_windows(areas, grid.width, grid.height, side, samples, rng)
             ys = np.array([y for _, y in windows], dtype=np.float32)
             if len(windows) == 0 or ys.min() == ys.max():
+                reduced = (f" (tiles of {tile} px at the model's resolution; "
+                           "--native-resolution trains on the rasters' own pixels)"
+                           if side != tile else "")
                 raise DataError(f"The label areas in {labels} yield {int(ys.sum())} changed and "
-                                f"{int(len(ys) - ys.sum())} unchanged tiles of {tile} px inside "
-                                "the rasters; draw both kinds, unchanged areas at least one "
-                                "tile wide.")
+                                f"{int(len(ys) - ys.sum())} unchanged tiles of {side} px inside "
+                                f"the rasters{reduced}; draw both kinds, unchanged areas at "
+                                "least one tile wide.")
             dtype = np.dtype(pair.dtypes[0])
             self._a = np.empty((len(windows), len(pair.bands), tile, tile), dtype=dtype)
             self._b = np.empty_like(self._a)

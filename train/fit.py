@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from kdmsi_train.datasets import (
     with_pixel_size,
 )
 from kdmsi_train.predict import iter_maps
+from kdmsi_train.reduce import training_reduction, write_reduced_tiles
 from kdmsi_train.trainer import TrainConfig, TrainResult, train
 
 
@@ -59,19 +61,44 @@ def calibrate_threshold(result: TrainResult, store: PairStore, device, batch_siz
     return threshold.calibrate(hist)
 
 
+def data_summary(summary: dict, pixel_size: float | None, factor: float) -> dict:
+    """A card's data summary: the pixel size training saw (the data's, divided by
+    ``factor`` where training reduced them, which it then records too)."""
+    if factor < 1:
+        summary = {**summary, "resolution_factor": factor}
+    return with_pixel_size(summary, pixel_size / factor if pixel_size else None)
+
+
 def fit_tile_folder(data_dir: str | Path, output: str | Path, config: TrainConfig,
                     overwrite: bool = False, keep_teacher: bool = False,
-                    progress: Progress | None = None) -> Fitted:
-    """Train on ``data_dir``'s train split, select and calibrate on val (train if absent)."""
+                    progress: Progress | None = None, native_resolution: bool = False,
+                    pixel_size: float | None = None) -> Fitted:
+    """Train on ``data_dir``'s train split, select and calibrate on val (train if absent).
+    Tiles finer than the start model's training data are reduced to its resolution first
+    (:mod:`kdmsi_train.reduce`; in a temporary folder beside ``output``) unless
+    ``native_resolution``; ``pixel_size`` stands for the folder's record of it."""
     output = Path(output)
     check_output(output, overwrite)
     progress = progress or NullProgress()
+    pixel = pixel_size if pixel_size is not None else folder_pixel_size(data_dir)
+    factor = training_reduction(pixel, config.init, config.pretrained, native_resolution)
+    summary = data_summary({"data": str(data_dir)}, pixel, factor)
+    if factor == 1:
+        return _fit_folder(Path(data_dir), output, config, keep_teacher, progress, summary)
+    with tempfile.TemporaryDirectory(prefix=".kdmsi-tiles-", dir=output.parent) as tmp:
+        progress.update("reduce tiles", 0, 1)
+        tiles = write_reduced_tiles(data_dir, Path(tmp) / "tiles", factor)
+        progress.update("reduce tiles", 1, 1, f"to {factor:g} of their size")
+        return _fit_folder(tiles, output, config, keep_teacher, progress, summary)
+
+
+def _fit_folder(data_dir: Path, output: Path, config: TrainConfig, keep_teacher: bool,
+                progress: Progress, summary: dict) -> Fitted:
     train_store = PairStore(TileFolder.open(data_dir, "train"))
     val_store = None
-    if (Path(data_dir) / "list" / "val_label.txt").is_file():
+    if (data_dir / "list" / "val_label.txt").is_file():
         val_store = PairStore(TileFolder.open(data_dir, "val"))
-    return fit(train_store, val_store, output, config, keep_teacher, progress,
-               with_pixel_size({"data": str(data_dir)}, folder_pixel_size(data_dir)))
+    return fit(train_store, val_store, output, config, keep_teacher, progress, summary)
 
 
 def fit(train_store: PairStore, val_store: PairStore | None, output: Path, config: TrainConfig,
@@ -120,17 +147,29 @@ def fit(train_store: PairStore, val_store: PairStore | None, output: Path, confi
     return Fitted(output, card, result)
 
 
+def area_window(tile_size: int, factor: float) -> int:
+    """The side in t1 pixels of the windows the GIS form samples for tiles of
+    ``tile_size`` at the resolution ``factor`` reduces them to."""
+    return max(tile_size, round(tile_size / factor))
+
+
 def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | Path,
               config: TrainConfig, tile_size: int = 128, samples: int = 2000,
               overwrite: bool = False, keep_teacher: bool = False,
-              progress: Progress | None = None) -> Fitted:
-    """Train on tiles sampled inside drawn label areas; 15 % of them validate."""
+              progress: Progress | None = None, native_resolution: bool = False) -> Fitted:
+    """Train on tiles sampled inside drawn label areas; 15 % of them validate. Where the
+    rasters are finer than the start model's training data, each tile covers the ground
+    of ``tile_size`` pixels at its resolution (:mod:`kdmsi_train.reduce`) unless
+    ``native_resolution``."""
     from kdmsi_train.areas import AreaStore
 
     output = Path(output)
     check_output(output, overwrite)
     progress = progress or NullProgress()
-    store = AreaStore(Path(t1), Path(t2), Path(labels), tile_size, samples, config.seed)
+    pixel = raster_pixel_size(t1)
+    factor = training_reduction(pixel, config.init, config.pretrained, native_resolution)
+    store = AreaStore(Path(t1), Path(t2), Path(labels), tile_size, samples, config.seed,
+                      window=area_window(tile_size, factor))
     order = np.random.default_rng(config.seed).permutation(len(store))
     n_val = len(store) * 15 // 100
     val = store.take(np.sort(order[:n_val]), "val") if n_val >= 4 else None
@@ -139,5 +178,5 @@ def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | 
         val = None
         train_part = store
     return fit(train_part, val, output, config, keep_teacher, progress,
-               with_pixel_size({"t1": str(t1), "t2": str(t2), "labels": str(labels)},
-                               raster_pixel_size(t1)))
+               data_summary({"t1": str(t1), "t2": str(t2), "labels": str(labels)}, pixel,
+                            factor))

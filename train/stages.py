@@ -19,15 +19,12 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-import rasterio
-from rasterio.errors import NotGeoreferencedWarning
 
 from kdmsi_core.checkpoint import has_first_stage
 from kdmsi_core.errors import OutputError
@@ -38,9 +35,9 @@ from kdmsi_train.datasets import (
     TileFolder,
     folder_pixel_size,
     raster_pixel_size,
-    with_pixel_size,
 )
 from kdmsi_train.pseudo import SUMMARY, write_pseudo_labels
+from kdmsi_train.reduce import training_reduction, write_reduced_tiles, write_tile
 from kdmsi_train.stage2 import SegmenterFit, Stage2Config, fit_segmenter
 from kdmsi_train.trainer import TrainConfig
 
@@ -153,9 +150,10 @@ def _run(data_dir: Path, output: Path, config: TrainConfig, stage2: Stage2Config
     stage1 = work / STAGE1
     if stage1.is_file():
         progress.update("stage 1", 1, 1, f"reusing {stage1}")
-    else:
+    else:  # the tiles are already at the resolution training runs at
         fit.fit_tile_folder(data_dir, stage1, config, overwrite=True, keep_teacher=True,
-                            progress=progress)
+                            progress=progress, native_resolution=True,
+                            pixel_size=summary.get("pixel_size"))
     val = None
     if (data_dir / "list" / "val_label.txt").is_file():
         val = PairStore(TileFolder.open(data_dir, "val"))
@@ -184,43 +182,62 @@ def _run(data_dir: Path, output: Path, config: TrainConfig, stage2: Stage2Config
 def fit_tile_folder(data_dir: str | Path, output: str | Path, config: TrainConfig,
                     overwrite: bool = False, keep_teacher: bool = False,
                     progress: Progress | None = None,
-                    stage2_epochs: int | None = None, rounds: int = ROUNDS) -> SegmenterFit:
+                    stage2_epochs: int | None = None, rounds: int = ROUNDS,
+                    native_resolution: bool = False) -> SegmenterFit:
     """Both stages on a tile folder; writes the last round's segmenter to ``output``.
     ``keep_teacher`` has no effect here: the first stage's checkpoint always keeps its
-    teacher."""
+    teacher. Tiles finer than the start model's training data are reduced to its
+    resolution first, into ``tiles/`` (:mod:`kdmsi_train.reduce`), unless
+    ``native_resolution``."""
     output, data_dir = Path(output), Path(data_dir)
     fit.check_output(output, overwrite)
+    progress = progress or NullProgress()
     stage2 = stage2_config(config, stage2_epochs)
+    pixel = folder_pixel_size(data_dir)
+    factor = training_reduction(pixel, config.init, config.pretrained, native_resolution)
     settings = {"data": str(data_dir.resolve()), "stage1": _config_dict(config),
-                "rounds": rounds}
+                "rounds": rounds, "resolution_factor": factor}
     with _work(output, settings, overwrite) as work:
-        return _run(data_dir, output, config, stage2, rounds, work,
-                    progress or NullProgress(),
-                    with_pixel_size({"data": str(data_dir)}, folder_pixel_size(data_dir)))
+        tiles = data_dir
+        if factor < 1:
+            tiles = work / TILES
+            if not (tiles / "list" / "train_label.txt").is_file():
+                progress.update("reduce tiles", 0, 1)
+                write_reduced_tiles(data_dir, tiles, factor)
+                progress.update("reduce tiles", 1, 1, f"to {factor:g} of their size")
+        return _run(tiles, output, config, stage2, rounds, work, progress,
+                    fit.data_summary({"data": str(data_dir)}, pixel, factor))
 
 
 def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | Path,
               config: TrainConfig, tile_size: int = 128, samples: int = 2000,
               overwrite: bool = False, keep_teacher: bool = False,
               progress: Progress | None = None,
-              stage2_epochs: int | None = None, rounds: int = ROUNDS) -> SegmenterFit:
-    """Both stages on tiles sampled inside drawn label areas (kept in ``tiles/``)."""
+              stage2_epochs: int | None = None, rounds: int = ROUNDS,
+              native_resolution: bool = False) -> SegmenterFit:
+    """Both stages on tiles sampled inside drawn label areas (kept in ``tiles/``); on
+    rasters finer than the start model's training data each tile covers the ground of
+    ``tile_size`` pixels at its resolution, unless ``native_resolution``."""
     output = Path(output)
     fit.check_output(output, overwrite)
     progress = progress or NullProgress()
     stage2 = stage2_config(config, stage2_epochs)
+    pixel = raster_pixel_size(t1)
+    factor = training_reduction(pixel, config.init, config.pretrained, native_resolution)
     settings = {"t1": str(Path(t1).resolve()), "t2": str(Path(t2).resolve()),
                 "labels": str(Path(labels).resolve()), "tile_size": tile_size,
-                "samples": samples, "stage1": _config_dict(config), "rounds": rounds}
+                "samples": samples, "stage1": _config_dict(config), "rounds": rounds,
+                "resolution_factor": factor}
     with _work(output, settings, overwrite) as work:
         tiles = work / TILES
         if not (tiles / "list" / "train_label.txt").is_file():
             progress.update("sample tiles", 0, 1)
-            write_area_tiles(t1, t2, labels, tiles, tile_size, samples, config.seed)
+            write_area_tiles(t1, t2, labels, tiles, tile_size, samples, config.seed,
+                             fit.area_window(tile_size, factor))
             progress.update("sample tiles", 1, 1)
         return _run(tiles, output, config, stage2, rounds, work, progress,
-                    with_pixel_size({"t1": str(t1), "t2": str(t2), "labels": str(labels)},
-                                    raster_pixel_size(t1)))
+                    fit.data_summary({"t1": str(t1), "t2": str(t2), "labels": str(labels)},
+                                     pixel, factor))
 
 
 def _config_dict(config: TrainConfig) -> dict:
@@ -228,12 +245,15 @@ def _config_dict(config: TrainConfig) -> dict:
 
 
 def write_area_tiles(t1: str | Path, t2: str | Path, labels: str | Path, root: Path,
-                     tile_size: int, samples: int, seed: int) -> Path:
-    """The tiles the GIS form samples, as a tile folder (GeoTIFF tiles without a grid):
-    train, and val (15 %, when that leaves both labels in it). Written all at once."""
+                     tile_size: int, samples: int, seed: int,
+                     window: int | None = None) -> Path:
+    """The tiles the GIS form samples (windows of ``window`` t1 pixels, by default
+    ``tile_size``, reduced to ``tile_size``), as a tile folder (GeoTIFF tiles without a
+    grid): train, and val (15 %, when that leaves both labels in it). Written all at once."""
     from kdmsi_train.areas import AreaStore
 
-    store = AreaStore(Path(t1), Path(t2), Path(labels), tile_size, samples, seed)
+    store = AreaStore(Path(t1), Path(t2), Path(labels), tile_size, samples, seed,
+                      window=window)
     order = np.random.default_rng(seed).permutation(len(store))
     n_val = len(store) * VAL_SHARE // 100
     splits = {"train": np.sort(order[n_val:]), "val": np.sort(order[:n_val])}
@@ -246,7 +266,7 @@ def write_area_tiles(t1: str | Path, t2: str | Path, labels: str | Path, root: P
         a, b = store.batch(np.arange(len(store)))
         for i in range(len(store)):
             for sub, x in (("A", a[i]), ("B", b[i])):
-                _write_tile(tmp / sub / f"tile_{i:05d}.tif", x)
+                write_tile(tmp / sub / f"tile_{i:05d}.tif", x)
         for split, idx in splits.items():
             (tmp / "list" / f"{split}_label.txt").write_text(
                 "".join(f"tile_{i:05d}.tif,{int(store.labels[i])}\n" for i in idx))
@@ -257,12 +277,4 @@ def write_area_tiles(t1: str | Path, t2: str | Path, labels: str | Path, root: P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
-
-
-def _write_tile(path: Path, x: np.ndarray) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", driver="GTiff", width=x.shape[2], height=x.shape[1],
-                           count=x.shape[0], dtype=x.dtype) as ds:
-            ds.write(x)
 

@@ -89,6 +89,11 @@ def _strides(value: str) -> tuple[int, int, int, int]:
               help="With --stages 2: segmentation networks trained one after another, each "
                    "on pseudo labels from the maps of the one before (the first on the first "
                    "stage's); each round takes about as long as the first one's.")
+@click.option("--native-resolution", is_flag=True,
+              help="Train on the pixels as they are. By default data finer than the starting "
+                   "model's training data (e.g. 0.2-m tiles for the embedded model, trained "
+                   "at 0.5 m) are reduced to its resolution first, as detect reads them; the "
+                   "model then records that pixel size.")
 @device_opt
 @click.option("--keep-teacher", is_flag=True, help="Store the teacher too (for evaluation).")
 @overwrite_opt
@@ -96,8 +101,8 @@ def _strides(value: str) -> tuple[int, int, int, int]:
 def command(data_dir, output, t1, t2, labels, tile_size, samples, backbone, teacher, student,
             strides, pretrained, init, steps, epochs, time_budget, pooling, balanced,
             early_stop, batch_size, optimizer, lr, weight_decay, augment,
-            seed, stages, stage2_epochs, rounds, device, keep_teacher, overwrite,
-            progress_kind) -> None:
+            seed, stages, stage2_epochs, rounds, native_resolution, device, keep_teacher,
+            overwrite, progress_kind) -> None:
     """Train a change model on DATA_DIR (A/, B/, list/) or on --t1/--t2/--labels.
 
     Only image-level labels are used. Stage 1 trains teacher and student jointly; the student
@@ -135,13 +140,14 @@ def command(data_dir, output, t1, t2, labels, tile_size, samples, backbone, teac
         if data_dir is not None or any(v is None for v in gis):
             raise ParameterError("Give either DATA_DIR or all of --t1, --t2 and --labels.")
         fitted = fit_areas(t1, t2, labels, output, config, tile_size=tile_size,
-                               samples=samples, overwrite=overwrite, keep_teacher=keep_teacher,
-                               progress=progress)
+                           samples=samples, overwrite=overwrite, keep_teacher=keep_teacher,
+                           progress=progress, native_resolution=native_resolution)
     elif data_dir is None:
         raise ParameterError("Give a data folder (A/, B/, list/) or --t1, --t2 and --labels.")
     else:
         fitted = fit_tile_folder(data_dir, output, config, overwrite=overwrite,
-                                     keep_teacher=keep_teacher, progress=progress)
+                                 keep_teacher=keep_teacher, progress=progress,
+                                 native_resolution=native_resolution)
     card = fitted.card
     message = (f"Wrote {fitted.path} (threshold {card.threshold:.3f}, best epoch "
                f"{card.training['best_epoch']}).")

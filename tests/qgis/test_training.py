@@ -52,6 +52,7 @@ def test_trains_from_the_selected_drawn_areas(plugin, pair, qgis_new_project, co
     for option in ("train", "--t1", "--t2", "--labels", "--epochs 1", "--tile-size 64",
                    "--samples 48", "--progress json", "--stages 2"):
         assert option in command
+    assert "--native-resolution" not in command  # finer images: at the model's resolution
     assert feedback.progress == sorted(feedback.progress) and feedback.progress[-1] == 100
     assert feedback.texts[0][0] < 1.0
     texts = [text for _, text in feedback.texts]
@@ -86,9 +87,11 @@ def test_trains_from_the_selected_drawn_areas(plugin, pair, qgis_new_project, co
     processing.run(TRAIN, {
         "T1": pair["t1"], "T2": pair["t2"], "CHANGED_FIELD": "is_change", **TINY,
         "LABELS": QgsProcessingFeatureSourceDefinition(layer.id(), selectedFeaturesOnly=True),
-        "STAGES": "1", "START_MODEL": str(model), "OUTPUT": str(refined),
+        "STAGES": "1", "START_MODEL": str(model), "NATIVE_RESOLUTION": True,
+        "OUTPUT": str(refined),
     }, feedback=feedback)
     assert f"--init {model}" in feedback.commands[-1]
+    assert "--native-resolution" in feedback.commands[-1]
     card = json.loads(subprocess.run([core_executable, "info", str(refined), "--json"],
                                      capture_output=True, text=True, check=True).stdout)
     assert card["training"]["start"] == str(model)

@@ -60,6 +60,20 @@ def test_samples_changed_areas_whole_and_unchanged_inside(scene):
     assert diff[labels == 1].min() > 3 * diff[labels == 0].max()
 
 
+def test_windows_that_cover_more_ground_are_reduced_to_the_tile(scene):
+    # finer rasters train at the model's resolution: windows of 96 px give 64-px tiles
+    store = AreaStore(scene / "t1.tif", scene / "t2.tif", scene / "areas.gpkg", 64, 20,
+                      window=96)
+    a, b = store.batch(np.arange(len(store)))
+    assert a.shape[1:] == (3, 64, 64) and store.labels.sum() == 3
+    bright = (b[store.labels == 1] > 200).all(axis=1).sum(axis=(1, 2))
+    block = 20 * 24 * (64 / 96) ** 2  # the changed block, shrunk with its window
+    assert 0.7 * block < bright.min() and bright.max() < 1.3 * block
+    with pytest.raises(DataError, match="unchanged tiles of 200 px .*--native-resolution"):
+        AreaStore(scene / "t1.tif", scene / "t2.tif", scene / "areas.gpkg", 64, 20,
+                  window=200)  # the unchanged area is 180 px wide
+
+
 def test_train_gis_form_writes_a_loadable_checkpoint(scene):
     out = scene / "m.safetensors"
     result = CliRunner().invoke(cli, [
