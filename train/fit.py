@@ -81,7 +81,7 @@ def fit_tile_folder(data_dir: str | Path, output: str | Path, config: TrainConfi
     check_output(output, overwrite)
     progress = progress or NullProgress()
     pixel = pixel_size if pixel_size is not None else folder_pixel_size(data_dir)
-    factor = training_reduction(pixel, config.init, config.pretrained, native_resolution)
+    factor = training_reduction(pixel, config, native_resolution)
     summary = data_summary({"data": str(data_dir)}, pixel, factor)
     if factor == 1:
         return _fit_folder(Path(data_dir), output, config, keep_teacher, progress, summary)
@@ -167,7 +167,7 @@ def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | 
     check_output(output, overwrite)
     progress = progress or NullProgress()
     pixel = raster_pixel_size(t1)
-    factor = training_reduction(pixel, config.init, config.pretrained, native_resolution)
+    factor = training_reduction(pixel, config, native_resolution)
     store = AreaStore(Path(t1), Path(t2), Path(labels), tile_size, samples, config.seed,
                       window=area_window(tile_size, factor))
     order = np.random.default_rng(config.seed).permutation(len(store))

@@ -26,32 +26,39 @@ from kdmsi_core.checkpoint import CAM_STUDENT, default_model_path, has_first_sta
 from kdmsi_core.resize import resize
 from kdmsi_core.resolution import reduction
 from kdmsi_train.datasets import TileFolder, read_tile
+from kdmsi_train.start import why_unfit
+from kdmsi_train.trainer import TrainConfig
 
 SPLITS = ("train", "val")
 """The splits training reads; test tiles stay where they are, for ``evaluate``."""
 
 
-def start_pixel_size(init: str, pretrained: str | None) -> float | None:
+def start_pixel_size(config: TrainConfig) -> float | None:
     """The ground size in metres of the pixels the start model learnt from (a segmenter's
-    card speaks for the first stage it carries); None from scratch, from ImageNet weights or
-    where the start's card does not say."""
-    if init == "scratch" or (init == "default" and pretrained):
+    card speaks for the first stage it carries); None where training starts from scratch
+    (as :func:`~kdmsi_train.start.resolve_start` decides: also for ImageNet weights and
+    for an embedded model that does not fit the architecture asked for) or the start's card
+    does not say."""
+    if config.init == "scratch" or (config.init == "default" and config.pretrained):
         return None
-    path = default_model_path() if init == "default" else Path(init)
-    card = read_card(path)
-    if card.kind != CAM_STUDENT and not has_first_stage(path):
+    path = default_model_path() if config.init == "default" else Path(config.init)
+    card = first = read_card(path)
+    if card.kind != CAM_STUDENT:
+        if not has_first_stage(path):
+            return None
+        first = read_card(path, first_stage=True)
+    if why_unfit(first.network, config.backbone, config.student, config.strides):
         return None
     return card.pixel_size
 
 
-def training_reduction(data_pixel: float | None, init: str, pretrained: str | None,
-                       native: bool) -> float:
+def training_reduction(data_pixel: float | None, config: TrainConfig, native: bool) -> float:
     """The factor (< 1) by which training reduces its tiles, 1 to keep them: the ratio of
     the data's pixel size to the start's where the data are finer, as ``detect`` reads
     them (never below :data:`kdmsi_core.resolution.MIN_FACTOR`)."""
     if native:
         return 1.0
-    return reduction(data_pixel, start_pixel_size(init, pretrained))
+    return reduction(data_pixel, start_pixel_size(config))
 
 
 def reduce_tile(x: np.ndarray, factor: float) -> np.ndarray:

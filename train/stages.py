@@ -194,7 +194,7 @@ def fit_tile_folder(data_dir: str | Path, output: str | Path, config: TrainConfi
     progress = progress or NullProgress()
     stage2 = stage2_config(config, stage2_epochs)
     pixel = folder_pixel_size(data_dir)
-    factor = training_reduction(pixel, config.init, config.pretrained, native_resolution)
+    factor = training_reduction(pixel, config, native_resolution)
     settings = {"data": str(data_dir.resolve()), "stage1": _config_dict(config),
                 "rounds": rounds, "resolution_factor": factor}
     with _work(output, settings, overwrite) as work:
@@ -223,7 +223,7 @@ def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | 
     progress = progress or NullProgress()
     stage2 = stage2_config(config, stage2_epochs)
     pixel = raster_pixel_size(t1)
-    factor = training_reduction(pixel, config.init, config.pretrained, native_resolution)
+    factor = training_reduction(pixel, config, native_resolution)
     settings = {"t1": str(Path(t1).resolve()), "t2": str(Path(t2).resolve()),
                 "labels": str(Path(labels).resolve()), "tile_size": tile_size,
                 "samples": samples, "stage1": _config_dict(config), "rounds": rounds,

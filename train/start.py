@@ -60,8 +60,8 @@ def adapt_bands(state: dict[str, torch.Tensor], bands: int) -> dict[str, torch.T
     return {**state, FIRST_CONV: new.contiguous()}
 
 
-def _fits(config: NetworkConfig, backbone: str, student: str,
-          strides: tuple[int, ...]) -> str | None:
+def why_unfit(config: NetworkConfig, backbone: str, student: str,
+              strides: tuple[int, ...]) -> str | None:
     """Why a checkpoint's network cannot start this training, or None."""
     if config.backbone != backbone:
         return f"its backbone is {config.backbone}, not {backbone}"
@@ -99,7 +99,7 @@ def resolve_start(init: str, backbone: str, teacher: str, student: str,
         card = read_card(path, first_stage=True)
     why = ("it is a segmenter that carries no first stage (give its "
            "<model>.stages/stage1.safetensors)" if card.kind != CAM_STUDENT
-           else _fits(card.network, backbone, student, strides))
+           else why_unfit(card.network, backbone, student, strides))
     if why:
         if explicit:
             raise CheckpointError(f"Training cannot start from {path}: {why}; pass matching "

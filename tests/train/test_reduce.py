@@ -13,6 +13,7 @@ from kdmsi_core.cli.main import cli
 from kdmsi_train.datasets import PairStore, TileFolder, read_tile
 from kdmsi_train.reduce import reduce_tile, training_reduction, write_reduced_tiles
 from kdmsi_train.synth import write_tile_dataset
+from kdmsi_train.trainer import TrainConfig
 
 FAST = ["--epochs", "1", "--stage2-epochs", "1", "--rounds", "1", "--batch-size", "8",
         "--device", "cpu", "--progress", "none"]
@@ -26,12 +27,15 @@ def fine(tmp_path_factory) -> Path:
 
 
 def test_the_rule_follows_detect_and_the_start():
-    assert training_reduction(0.25, "default", None, native=False) == 0.5  # embedded: 0.5 m
-    assert training_reduction(0.25, "default", None, native=True) == 1.0
-    assert training_reduction(1.0, "default", None, native=False) == 1.0  # never enlarged
-    assert training_reduction(None, "default", None, native=False) == 1.0  # size unknown
-    assert training_reduction(0.25, "scratch", None, native=False) == 1.0  # nothing learnt
-    assert training_reduction(0.25, "default", "r18.pth", native=False) == 1.0  # ImageNet
+    embedded = TrainConfig()  # starts from the embedded model, trained at 0.5 m
+    assert training_reduction(0.25, embedded, native=False) == 0.5
+    assert training_reduction(0.25, embedded, native=True) == 1.0
+    assert training_reduction(1.0, embedded, native=False) == 1.0  # never enlarged
+    assert training_reduction(None, embedded, native=False) == 1.0  # size unknown
+    # from scratch, ImageNet weights, or the embedded model unfit: nothing learnt at 0.5 m
+    for config in (TrainConfig(init="scratch"), TrainConfig(pretrained="r18.pth"),
+                   TrainConfig(backbone="resnet50"), TrainConfig(student="minus")):
+        assert training_reduction(0.25, config, native=False) == 1.0
 
 
 def test_a_reduced_tile_keeps_its_type_range_and_level():
