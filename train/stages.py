@@ -3,8 +3,10 @@ further rounds of pseudo labels and segmenter (:data:`ROUNDS`).
 
 Intermediate results stay in ``<output stem>.stages/`` beside the output: ``stage1.safetensors``
 (with its teacher), ``pseudo/`` (the pseudo labels, viewable in any GIS), for each round but
-the last ``segmenter<N>.safetensors`` and the next round's ``pseudo<N+1>/`` and, for the GIS
-form, ``tiles/`` (the tiles sampled in the label areas). Each appears complete or not at
+the last ``segmenter<N>.safetensors`` and the next round's ``pseudo<N+1>/`` and ``tiles/``:
+for the GIS form the tiles sampled in the label areas, for a tile folder finer than the
+start model's data its tiles at the start's resolution (:mod:`kdmsi_train.reduce`), which
+every later step reads instead. Each appears complete or not at
 all, so a run started again with the same settings resumes after the last finished step;
 ``stages.json`` records those settings and a run with other ones is refused.
 
