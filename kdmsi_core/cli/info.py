@@ -39,8 +39,10 @@ def card_lines(record: dict) -> list[str]:
         f"Threshold: {record['threshold']:.3f}",
     ]
     lines.append(f"Input scaling: {_scaling(record['normalization'])}")
-    pixel = training.get("pixel_size")
-    lines.append(f"Pixel size: {pixel:g} m, its training data's; finer imagery is read at it"
+    pixel, factor = training.get("pixel_size"), training.get("resolution_factor")
+    source = (f"its training data's ({pixel * factor:g}-m pixels reduced to it)" if factor
+              else "its training data's")
+    lines.append(f"Pixel size: {pixel:g} m, {source}; finer imagery is read at it"
                  if pixel else "Pixel size: not recorded; imagery runs on its own pixels")
     refine = record.get("refine")
     lines.append(f"Outline refinement: guided filter, both dates as guide, radius "

@@ -77,6 +77,8 @@ def test_train_on_finer_tiles_learns_at_the_models_resolution(fine, tmp_path):
     assert (tmp_path / "m.stages" / "tiles" / "list" / "train_label.txt").is_file()
     first = read_card(tmp_path / "m.stages" / "stage1.safetensors")
     assert first.pixel_size == 0.5 and first.tile_size == 32  # ... both stages
+    info = CliRunner().invoke(cli, ["info", str(out)]).output
+    assert "Pixel size: 0.5 m, its training data's (0.25-m pixels reduced to it)" in info
     native = tmp_path / "n.safetensors"
     result = CliRunner().invoke(cli, ["train", str(fine), "-o", str(native),
                                       "--native-resolution", *FAST])
