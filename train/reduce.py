@@ -4,8 +4,8 @@
 (:mod:`kdmsi_core.resolution`). ``train`` does the same with the tiles of finer data: the
 start then meets houses at the size it learnt them, its pseudo labels come from the maps
 ``detect`` would draw, and the trained model records the model's pixel size, so that
-``detect`` runs it as it was trained. On five generated sets of 0.15 to 0.4 m this
-trained 1.1 to 3.2 times faster and gave 3.2 points more change F1 on average than training
+``detect`` runs it as it was trained. On six generated sets of 0.15 to 0.4 m this
+trained 1.1 to 3.2 times faster and gave 2.8 points more change F1 on average than training
 on the data's own pixels, which left three of them below the start (docs/measurements.md,
 *Training at the model's resolution*).
 """
