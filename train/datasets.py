@@ -8,7 +8,12 @@ Tiles are read through rasterio, so PNG, JPEG and GeoTIFF tiles all work.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +42,22 @@ def read_tile(path: Path) -> np.ndarray:
                 return ds.read()
     except RasterioIOError:
         raise DataError(f"The tile {path} is not a readable image; replace it.") from None
+
+
+@contextmanager
+def written_whole(root: Path, prefix: str = ".kdmsi-tiles-") -> Iterator[Path]:
+    """A new folder beside ``root`` to write a folder's content into: it replaces ``root``
+    when the block ends and is removed when the block fails, so that ``root`` appears
+    complete or not at all (an interrupted run never leaves half a data set behind)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root.parent))
+    try:
+        yield tmp
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 PIXEL_SIZE_FILES = ("synth.json", "../synth.json")

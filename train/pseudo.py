@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,7 +51,14 @@ from kdmsi_core.normalize import for_data
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_core.resolution import run_scales
 from kdmsi_train import threshold
-from kdmsi_train.datasets import PairStore, TileFolder, folder_pixel_size, read_tile, sample_values
+from kdmsi_train.datasets import (
+    PairStore,
+    TileFolder,
+    folder_pixel_size,
+    read_tile,
+    sample_values,
+    written_whole,
+)
 from kdmsi_train.predict import iter_maps
 
 BACKGROUND, CHANGE, IGNORE = 0, 1, 255
@@ -143,8 +149,7 @@ def write_pseudo_labels(data_dir: str | Path, model: str | Path, output: str | P
                                 scales)
     labels = store.labels
     _, height, width = store.shape
-    tmp = Path(tempfile.mkdtemp(prefix=".kdmsi-pseudo-", dir=output.parent))
-    try:
+    with written_whole(output, ".kdmsi-pseudo-") as tmp:
         maps = np.lib.format.open_memmap(tmp / "maps.npy", "w+", np.float16,
                                          (len(store), height, width))
         hist = threshold.Histograms()
@@ -188,12 +193,6 @@ def write_pseudo_labels(data_dir: str | Path, model: str | Path, output: str | P
             "values": {"background": BACKGROUND, "change": CHANGE, "ignore": IGNORE},
         }
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 

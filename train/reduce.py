@@ -12,9 +12,6 @@ on the data's own pixels, which left three of them below the start (docs/measure
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,7 +22,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from kdmsi_core.checkpoint import CAM_STUDENT, default_model_path, has_first_stage, read_card
 from kdmsi_core.resize import resize
 from kdmsi_core.resolution import reduction
-from kdmsi_train.datasets import TileFolder, read_tile
+from kdmsi_train.datasets import TileFolder, read_tile, written_whole
 from kdmsi_train.start import why_unfit
 from kdmsi_train.trainer import TrainConfig
 
@@ -87,8 +84,7 @@ def write_reduced_tiles(data_dir: str | Path, root: str | Path, factor: float) -
     (tiles that differ only by their extension are not told apart). Written all at once:
     ``root`` appears complete or not at all."""
     data_dir, root = Path(data_dir), Path(root)
-    tmp = Path(tempfile.mkdtemp(prefix=".kdmsi-tiles-", dir=root.parent))
-    try:
+    with written_whole(root) as tmp:
         for sub in ("A", "B", "list"):
             (tmp / sub).mkdir()
         for split in SPLITS:
@@ -104,10 +100,4 @@ def write_reduced_tiles(data_dir: str | Path, root: str | Path, factor: float) -
                                                             factor))
                 lines.append(f"{new},{int(label)}\n")
             (tmp / "list" / f"{split}_label.txt").write_text("".join(lines))
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root

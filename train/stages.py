@@ -18,9 +18,7 @@ output can start further training (``--init model.safetensors``) like the embedd
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
@@ -37,6 +35,7 @@ from kdmsi_train.datasets import (
     TileFolder,
     folder_pixel_size,
     raster_pixel_size,
+    written_whole,
 )
 from kdmsi_train.pseudo import SUMMARY, write_pseudo_labels
 from kdmsi_train.reduce import training_reduction, write_reduced_tiles, write_tile
@@ -261,8 +260,7 @@ def write_area_tiles(t1: str | Path, t2: str | Path, labels: str | Path, root: P
     splits = {"train": np.sort(order[n_val:]), "val": np.sort(order[:n_val])}
     if n_val < 4 or store.labels[splits["val"]].min() == store.labels[splits["val"]].max():
         splits = {"train": np.arange(len(store))}
-    tmp = Path(tempfile.mkdtemp(prefix=".kdmsi-tiles-", dir=root.parent))
-    try:
+    with written_whole(root) as tmp:
         for sub in ("A", "B", "list"):
             (tmp / sub).mkdir()
         a, b = store.batch(np.arange(len(store)))
@@ -272,11 +270,5 @@ def write_area_tiles(t1: str | Path, t2: str | Path, labels: str | Path, root: P
         for split, idx in splits.items():
             (tmp / "list" / f"{split}_label.txt").write_text(
                 "".join(f"tile_{i:05d}.tif,{int(store.labels[i])}\n" for i in idx))
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root
 
