@@ -310,6 +310,9 @@ def card_problem(card: ModelCard) -> str | None:
         return (f"the refinement (radius {refine.radius}, eps {refine.eps}, step "
                 f"{refine.step}) needs a radius of 0 to {REFINE_RADIUS_MAX} px, a positive eps "
                 "and a step of 1 to 16")
+    if refine is not None and refine.threshold is not None and not valid_threshold(
+            refine.threshold):
+        return f"the refined maps' threshold {refine.threshold} is outside 0..1"
     return None
 
 

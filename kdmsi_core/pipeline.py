@@ -27,7 +27,7 @@ from kdmsi_core.normalize import Normalization
 from kdmsi_core.outputs import Staging, StripWriter, check_outputs, write_cog, write_errors
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 from kdmsi_core.raster import RasterPair, absolute
-from kdmsi_core.refine import Refinement, for_run
+from kdmsi_core.refine import Refinement, change_threshold, for_run
 from kdmsi_core.resolution import ground_pixel_size, reduced_tiling, run_scales
 from kdmsi_core.signals import stop_on_signals
 from kdmsi_core.stitch import StripStitcher
@@ -166,7 +166,8 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     ``probability`` (default ``<output stem>_probability.tif``) and, if asked, a binary mask
     COG. ``workers`` (a local Dask cluster of that many processes) or ``scheduler`` (the
     address of a running one) spread the tiles over Dask workers; the outputs are the same.
-    ``threshold``, ``scales`` default to the checkpoint's; pixels above ``low_threshold``
+    ``threshold``, ``scales`` default to the checkpoint's (the refined maps' threshold
+    where the run refines and the card has one); pixels above ``low_threshold``
     (at most the threshold; default the threshold: no growth) join a change they touch
     (:mod:`~kdmsi_core.hysteresis`); ``refine_radius`` replaces the radius of the model's
     edge-aware refinement (0: none; :mod:`~kdmsi_core.refine`); ``min_area`` is in m²;
@@ -191,9 +192,10 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     stride = card.network.output_stride
     check_tiling(DEFAULT_TILE_SIZE if tile_size is None else tile_size,
                  DEFAULT_OVERLAP if overlap is None else overlap, stride)
-    threshold = card.threshold if threshold is None else float(threshold)
-    low = lower_threshold(threshold, low_threshold)
     refinement = for_run(card.refine, refine_radius)
+    threshold = (change_threshold(card.threshold, refinement) if threshold is None
+                 else float(threshold))
+    low = lower_threshold(threshold, low_threshold)
     radius = refinement.radius if refinement else 0
     targets = [output, prob_path] + ([mask_path] if mask_path else [])
 

@@ -45,8 +45,8 @@ class ModelInfoAlgorithm(KdmsiAlgorithm):
     def shortHelpString(self) -> str:
         return self.tr(
             "<p>Shows a model's card: its kind, the bands it expects (choose them with Bands "
-            "in Detect changes), its tile size, its calibrated change threshold, and how it "
-            "was trained.</p>"
+            "in Detect changes), its tile size, its calibrated change threshold (and the one "
+            "Detect changes applies to the refined maps), and how it was trained.</p>"
             f"{SETUP_HELP}"
         ) + self.parameter_help()
 
@@ -63,6 +63,7 @@ class ModelInfoAlgorithm(KdmsiAlgorithm):
             self.addOutput(QgsProcessingOutputString(name, self.tr(description)))
         for name, description in (("BANDS", "Number of bands"), ("TILE_SIZE", "Tile size"),
                                   ("THRESHOLD", "Threshold"),
+                                  ("REFINED_THRESHOLD", "Threshold of the refined maps"),
                                   ("OUTPUT_STRIDE", "Output stride (pixels)")):
             self.addOutput(QgsProcessingOutputNumber(name, self.tr(description)))
 
@@ -91,6 +92,8 @@ class ModelInfoAlgorithm(KdmsiAlgorithm):
                f"{training.get('val_tiles', '?')} validation tiles; "
                f"{training.get('model_selection', 'selection not recorded')}; "
                f"{training.get('seconds', '?')} s")
+        # the threshold detect cuts the refined maps at (cards without one: the card's)
+        refined = (card.get("refine") or {}).get("threshold", card["threshold"])
         lines = [
             f"Model: {card['path']}",
             f"Kind: {card['kind']}",
@@ -98,7 +101,9 @@ class ModelInfoAlgorithm(KdmsiAlgorithm):
             f"Tile size: {card['tile_size']} px; output stride {card['output_stride']} px; "
             f"scales {', '.join(str(s) for s in card['scales'])}",
             f"Threshold: {card['threshold']:.3f} "
-            f"({card.get('threshold_rule') or 'rule not recorded'})",
+            f"({card.get('threshold_rule') or 'rule not recorded'})"
+            + ("" if refined == card["threshold"] else
+               f"; {refined:.3f} on the refined maps, which Detect changes applies there"),
             f"Trained: {how}",
         ]
         first = card.get("first_stage")
@@ -109,5 +114,6 @@ class ModelInfoAlgorithm(KdmsiAlgorithm):
             log.info(line)
         return {"KIND": card["kind"], "BANDS": card["bands"]["count"],
                 "BAND_NAMES": ",".join(card["bands"]["names"]), "TILE_SIZE": card["tile_size"],
-                "THRESHOLD": card["threshold"], "OUTPUT_STRIDE": card["output_stride"],
+                "THRESHOLD": card["threshold"], "REFINED_THRESHOLD": refined,
+                "OUTPUT_STRIDE": card["output_stride"],
                 "TRAINING": how}

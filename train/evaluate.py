@@ -14,7 +14,7 @@ from kdmsi_core.hysteresis import change_mask, lower_threshold
 from kdmsi_core.inference import infer_batch
 from kdmsi_core.normalize import for_data
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
-from kdmsi_core.refine import for_run, refine
+from kdmsi_core.refine import change_threshold, for_run, refine
 from kdmsi_core.resolution import run_scales
 from kdmsi_train.datasets import PairStore, TileFolder, folder_pixel_size, sample_values
 from kdmsi_train.metrics import Confusion
@@ -44,10 +44,11 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     either needs torch. ``low_threshold`` grows the student's masks as ``detect`` does
     (:mod:`~kdmsi_core.hysteresis`); the first stage and the teacher stay plain.
     ``msi`` is refined along the images' edges as the model's card says, or with
-    ``refine_radius`` (0: not at all; :mod:`~kdmsi_core.refine`); when it is, ``msi_raw``
-    shows the same maps unrefined. Tiles finer than the model's training data are read at
-    its resolution as ``detect`` reads them (``match_resolution``, unless ``scales`` are
-    given), and so is the first stage beside it; their pixel size is ``pixel_size``
+    ``refine_radius`` (0: not at all; :mod:`~kdmsi_core.refine`) and cut at the refined
+    maps' threshold where the card has one; when it is refined, ``msi_raw`` shows the same
+    maps unrefined, at the card's threshold. Tiles finer than the model's training data are
+    read at its resolution as ``detect`` reads them (``match_resolution``, unless ``scales``
+    are given), and so is the first stage beside it; their pixel size is ``pixel_size``
     (metres) or what the folder records (:func:`~kdmsi_train.datasets.folder_pixel_size`).
     """
     progress = progress or NullProgress()
@@ -66,7 +67,9 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     refinement = for_run(card.refine, refine_radius)
     runs = {"msi": (used_scales, True), "single": ((1.0,), False)}  # scales, flip
     thresholds = dict.fromkeys([*runs, *(["msi_raw"] if refinement else [])], t)
-    lows = dict.fromkeys(thresholds, lower_threshold(t, low_threshold))
+    if threshold is None:  # refined maps are cut where the card says, as detect cuts them
+        thresholds["msi"] = change_threshold(t, refinement)
+    lows = {method: lower_threshold(thr, low_threshold) for method, thr in thresholds.items()}
     if teacher:
         teacher_maps, thresholds["teacher_cam"] = _teacher(model, device)
         lows["teacher_cam"] = thresholds["teacher_cam"]

@@ -34,7 +34,8 @@ def summary_message(summary: dict) -> str:
 @options.model_opt
 @click.option("--threshold", type=float, default=None,
               help="Probability above which a pixel is change, 0..1 "
-                   "[default: the checkpoint's calibrated threshold].")
+                   "[default: the checkpoint's calibrated threshold, its refined maps' "
+                   "where it has one and refines].")
 @click.option("--low-threshold", type=float, default=None,
               help="Pixels above this lower probability join a change they touch within 8 "
                    "pixels, so that changes keep their weaker rim; 0..threshold "

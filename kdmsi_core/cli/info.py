@@ -25,6 +25,14 @@ def card_record(model: str | None) -> dict:
             "output_stride": card.map_stride, "first_stage": first}
 
 
+def _refined_threshold(refine: dict | None) -> str:
+    """The refined maps' own threshold, in words, where the card has one."""
+    if not refine or refine.get("threshold") is None:
+        return ""
+    return (f"; {refine['threshold']:.3f} on the refined maps, which flag as many validation "
+            "pixels there")
+
+
 def card_lines(record: dict) -> list[str]:
     """A few lines a person reads: what the model is, what it expects, how it was trained."""
     training = record.get("training", {})
@@ -36,7 +44,7 @@ def card_lines(record: dict) -> list[str]:
         f"Bands: {record['bands']['count']} ({', '.join(record['bands']['names'])})",
         f"Tile size: {record['tile_size']} px; scales: "
         f"{', '.join(str(s) for s in record['scales'])}",
-        f"Threshold: {record['threshold']:.3f}",
+        f"Threshold: {record['threshold']:.3f}" + _refined_threshold(record.get("refine")),
     ]
     lines.append(f"Input scaling: {_scaling(record['normalization'])}")
     pixel, factor = training.get("pixel_size"), training.get("resolution_factor")

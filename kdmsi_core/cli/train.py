@@ -149,8 +149,10 @@ def command(data_dir, output, t1, t2, labels, tile_size, samples, backbone, teac
                                  keep_teacher=keep_teacher, progress=progress,
                                  native_resolution=native_resolution)
     card = fitted.card
-    message = (f"Wrote {fitted.path} (threshold {card.threshold:.3f}, best epoch "
-               f"{card.training['best_epoch']}).")
+    refined = card.refine.threshold if card.refine is not None else None
+    message = (f"Wrote {fitted.path} (threshold {card.threshold:.3f}"
+               + ("" if refined is None else f", on refined maps {refined:.3f}")
+               + f", best epoch {card.training['best_epoch']}).")
     report_done(progress, message, {"model": str(fitted.path), "threshold": card.threshold,
                                     "best_epoch": card.training["best_epoch"],
                                     "seconds": card.training["seconds"]})

@@ -21,6 +21,7 @@ def test_json_card_of_the_default_model() -> None:
     card = read_card(default_model_path())
     assert record["path"] == str(default_model_path())
     assert record["threshold"] == card.threshold and record["tile_size"] == card.tile_size
+    assert record["refine"]["threshold"] == card.refine.threshold < card.threshold
     assert record["bands"]["count"] == card.network.in_channels == 3
     # a segmenter's map is drawn on its decoder's stride-4 grid, not the encoder's 16
     assert record["kind"] == card.kind == "segmenter"
@@ -39,6 +40,9 @@ def test_text_card_names_what_a_user_needs() -> None:
         "Model", "Kind", "Bands", "Tile size", "Threshold", "Input scaling", "Pixel size",
         "Outline refinement", "Trained", "Carries its first stage"]
     assert lines[2].startswith("Bands: 3 (")
+    card = read_card(default_model_path())
+    assert lines[4] == (f"Threshold: {card.threshold:.3f}; {card.refine.threshold:.3f} on the "
+                        "refined maps, which flag as many validation pixels there")
     # the recipe's 8-bit scenes: 2nd percentiles at 7-11 %, 98th at 61-76 % of 0..255
     assert lines[5].endswith("percentiles at 7%-11% and 61%-76% of the 8-bit range, where "
                              "its training data's fell")

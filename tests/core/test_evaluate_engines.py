@@ -80,6 +80,11 @@ def test_a_lower_threshold_grows_the_students_masks_only(synth: Path) -> None:
     plain = evaluate(tiles, None, "train", engine="torch")["methods"]
     t = plain["msi"]["threshold"]
     assert plain["msi"]["low_threshold"] == t
+    # the refined maps are cut at the card's threshold for them, the raw ones at the card's
+    card = read_card(default_model_path())
+    assert t == card.refine.threshold and plain["msi_raw"]["threshold"] == card.threshold
+    given = evaluate(tiles, None, "train", engine="torch", threshold=0.5)["methods"]
+    assert given["msi"]["threshold"] == given["msi_raw"]["threshold"] == 0.5
     grown = evaluate(tiles, None, "train", engine="torch", low_threshold=t / 3)["methods"]
     assert grown["msi"]["low_threshold"] == t / 3
     assert grown["msi"]["tp"] + grown["msi"]["fp"] > plain["msi"]["tp"] + plain["msi"]["fp"]

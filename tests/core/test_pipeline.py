@@ -13,7 +13,7 @@ from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import box
 
 from kdmsi_core import detect
-from kdmsi_core.checkpoint import default_model_path
+from kdmsi_core.checkpoint import default_model_path, read_card
 from kdmsi_core.errors import Cancelled
 from kdmsi_core.outputs import MASK_NODATA, PROBABILITY_NODATA
 from kdmsi_train.synth import make_scene_pair
@@ -175,6 +175,25 @@ def test_default_model_puts_probability_where_the_change_is(tmp_path: Path) -> N
         rasterio.windows.Window(c, r, 1, 1), t)) for r, c in zip(*np.nonzero(changed),
                                                                  strict=True)][:5000])
     assert any(p.intersects(truth) for p in polys)
+
+
+def test_refined_maps_are_cut_at_the_cards_refined_threshold(tmp_path: Path) -> None:
+    card = read_card(default_model_path())
+    assert card.refine.threshold is not None and card.refine.threshold != card.threshold
+    scene_pair = make_scene_pair(seed=4243, size=160, pixel_size=0.5)
+    t = transform_for(0.5)
+    a = write_tif(tmp_path / "t1.tif", scene_pair.t1, transform=t)
+    b = write_tif(tmp_path / "t2.tif", scene_pair.t2, transform=t)
+    refined = detect(a, b, tmp_path / "r.gpkg", mask=tmp_path / "r.tif")
+    raw = detect(a, b, tmp_path / "n.gpkg", mask=tmp_path / "n.tif", refine_radius=0)
+    given = detect(a, b, tmp_path / "g.gpkg", mask=tmp_path / "g.tif", threshold=0.5)
+    assert refined.threshold == card.refine.threshold and raw.threshold == card.threshold
+    assert given.threshold == 0.5  # an explicit threshold is taken as it is
+    for s in (refined, raw, given):
+        with rasterio.open(s.probability) as p, rasterio.open(s.mask) as m:
+            prob, mask = p.read(1), m.read(1)
+            assert p.tags()["kdmsi_threshold"] == str(s.threshold)
+        assert np.array_equal(mask == 1, prob > s.threshold)
 
 
 def test_default_batch_fills_a_cpu_pass_with_the_same_pixels_and_a_gpu_with_16() -> None:

@@ -1,5 +1,5 @@
 """The guided-filter refinement: box means, what the filter keeps and what it moves, the
-torch and numpy forms, the run-time radius and the card field."""
+torch and numpy forms, the run-time radius, the refined maps' threshold and the card field."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ import torch
 
 from kdmsi_core.checkpoint import ModelCard, card_problem
 from kdmsi_core.errors import ParameterError
-from kdmsi_core.refine import Refinement, _box_numpy, for_run, guided_filter, refine
+from kdmsi_core.refine import (
+    Refinement,
+    _box_numpy,
+    change_threshold,
+    for_run,
+    guided_filter,
+    refine,
+)
 
 
 def _brute_box(x: np.ndarray, r: int) -> np.ndarray:
@@ -105,6 +112,16 @@ def test_run_radius_replaces_the_cards() -> None:
             for_run(card, bad)
 
 
+def test_refined_maps_are_cut_at_their_own_threshold_where_the_card_has_one() -> None:
+    card = Refinement(threshold=0.3)
+    assert change_threshold(0.4, for_run(card, None)) == 0.3
+    assert change_threshold(0.4, for_run(card, 6)) == 0.3  # another radius, still refined
+    assert change_threshold(0.4, for_run(card, 0)) == 0.4  # not refined: the raw maps'
+    assert change_threshold(0.4, Refinement(radius=0, threshold=0.3)) == 0.4
+    assert change_threshold(0.4, for_run(Refinement(), None)) == 0.4  # written without one
+    assert change_threshold(0.4, None) == 0.4
+
+
 def test_card_keeps_the_refinement_and_old_cards_have_none(random_model) -> None:
     from kdmsi_core.checkpoint import read_card
 
@@ -120,3 +137,7 @@ def test_card_keeps_the_refinement_and_old_cards_have_none(random_model) -> None
     assert "refinement" in card_problem(ModelCard.from_json(json.dumps(text)))
     text["refine"] = {"radius": 8, "eps": 0.0, "step": 4}
     assert "positive eps" in card_problem(ModelCard.from_json(json.dumps(text)))
+    text["refine"] = Refinement(threshold=0.25).to_dict()
+    assert ModelCard.from_json(json.dumps(text)).refine.threshold == 0.25
+    text["refine"]["threshold"] = 1.5
+    assert "refined maps' threshold" in card_problem(ModelCard.from_json(json.dumps(text)))

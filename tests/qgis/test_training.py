@@ -77,6 +77,10 @@ def test_trains_from_the_selected_drawn_areas(plugin, pair, qgis_new_project, co
     info = processing.run("kdmsi:modelinfo", {"MODEL": str(model)}, feedback=info_feedback)
     assert info["BANDS"] == 3 and info["TILE_SIZE"] == 64
     assert info["THRESHOLD"] == pytest.approx(result["THRESHOLD"])
+    # the threshold Detect changes cuts the new model's refined maps at
+    new_card = json.loads(subprocess.run([core_executable, "info", str(model), "--json"],
+                                         capture_output=True, text=True, check=True).stdout)
+    assert info["REFINED_THRESHOLD"] == pytest.approx(new_card["refine"]["threshold"])
     assert info["KIND"] == "segmenter" and info["TRAINING"]
     assert any(line.startswith("Bands: 3") for line in info_feedback.log)
 
@@ -106,6 +110,10 @@ def test_modelinfo_shows_the_default_model(plugin, core_executable) -> None:
     # the embedded segmenter draws its map on its decoder's stride-4 grid
     assert info["BANDS"] == 3 and info["OUTPUT_STRIDE"] == 4 and info["KIND"] == "segmenter"
     assert 0.0 < info["THRESHOLD"] < 1.0
+    assert info["REFINED_THRESHOLD"] == card["refine"]["threshold"] != info["THRESHOLD"]
+    assert any(line.startswith(f"Threshold: {card['threshold']:.3f} (") and line.endswith(
+        f"; {card['refine']['threshold']:.3f} on the refined maps, which Detect changes "
+        "applies there") for line in feedback.log)
     assert "epoch" in info["TRAINING"] and "segmenter" in info["TRAINING"]
     assert f"(round {rounds} of {rounds}: those of the round before)" in info["TRAINING"]
     assert any(line.startswith("Carries its first stage (cam-student") for line in feedback.log)

@@ -22,9 +22,11 @@ from kdmsi_core.cli.main import cli
 from kdmsi_core.errors import CheckpointError, OutputError
 from kdmsi_core.model import NetworkConfig, SiameseCAM
 from kdmsi_core.normalize import Normalization, for_data
+from kdmsi_core.refine import refine
 from kdmsi_core.segmenter import SiameseSegmenter
 from kdmsi_train import stage2, threshold
 from kdmsi_train.datasets import PairStore, TileFolder, sample_values
+from kdmsi_train.predict import change_maps, iter_batches
 from kdmsi_train.pseudo import IGNORE, write_pseudo_labels
 from kdmsi_train.stage2 import (
     IMAGE_WEIGHT,
@@ -236,6 +238,17 @@ def test_a_fine_tuned_segmenter_flags_as_much_as_its_start(no_masks, embedded_ps
         h = histograms(model.model, val, norm, torch.device("cpu"), model.card.scales, 8)
         return threshold.share_above(h.changed + h.unchanged, t)
 
+    def refined_flagged(model, t):
+        norm = for_data(model.card.normalization, sample_values(val))
+        above = total = 0
+        with torch.inference_mode():
+            for _, t1, t2 in iter_batches(val, norm, torch.device("cpu"), 8):
+                maps = refine(change_maps(model.model.eval(), t1, t2, "msi",
+                                          model.card.scales)[:, None], t1, t2,
+                              model.card.refine)
+                above, total = above + int((maps >= t).sum()), total + maps.numel()
+        return above / total
+
     share = flagged(start, start.card.threshold)
     assert 0 < share < 0.5
     tuned = Stage2Config(start="default", epochs=1, batch_size=8, lr=1e-2, device="cpu")
@@ -246,6 +259,15 @@ def test_a_fine_tuned_segmenter_flags_as_much_as_its_start(no_masks, embedded_ps
         share, abs=2e-3)
     assert "as the starting segmenter flags there" in fitted.card.threshold_rule
     assert 0 < fitted.card.training["threshold_image_rule"] < 1  # the rule's, for comparison
+    # the refined maps get their own threshold, where they flag as many pixels as the raw
+    # maps flag at the card's
+    tuned_model = load_checkpoint(fitted.path)
+    refined_t = fitted.card.refine.threshold
+    assert refined_t is not None and refined_t != fitted.card.threshold
+    assert refined_flagged(tuned_model, refined_t) == pytest.approx(
+        flagged(tuned_model, fitted.card.threshold), abs=2e-3)
+    assert refined_flagged(tuned_model, fitted.card.threshold) != pytest.approx(
+        flagged(tuned_model, fitted.card.threshold), abs=2e-3)
     wrecked = Stage2Config(start="default", epochs=1, batch_size=8, lr=50.0, optimizer="sgd",
                            device="cpu")
     kept = fit_segmenter(embedded_pseudo, val, tmp_path / "kept.safetensors", wrecked)
