@@ -524,12 +524,24 @@ def matched_threshold(reference: torch.nn.Module, card: ModelCard, norm: Normali
     return threshold.matching(hist.changed + hist.unchanged, share, floor), share
 
 
+@dataclass(frozen=True)
+class RefineView:
+    """Pairs, and the scales to read them at, on which the refined maps' threshold is
+    matched (:func:`refined_threshold`): the validation pairs at the data's own pixels when
+    training ran on them reduced, read at reduced scales as ``detect`` reads such imagery."""
+
+    store: PairStore
+    scales: tuple[float, ...]
+    pixel_size: float | None
+    """The pairs' pixel size in metres where they are not the training tiles (recorded in
+    the card); None for the training tiles' own."""
+
+
 def refined_threshold(network: torch.nn.Module, store: PairStore, norm: Normalization,
                       device: torch.device, scales: Sequence[float], batch_size: int,
-                      refinement: Refinement, hist: threshold.Histograms, t: float,
-                      floor: float) -> float:
-    """The threshold at which ``network``'s maps of ``store``, refined, flag the share of
-    pixels that they flag raw (``hist``) at ``t``; ``t`` when they flag none.
+                      refinement: Refinement, t: float, floor: float) -> float:
+    """The threshold at which ``network``'s maps of ``store`` (at ``scales``), refined, flag
+    the share of pixels that they flag raw at ``t``; ``t`` when they flag none.
 
     The guided filter moves each change's outline onto the images' edges, not how much change
     a map holds, yet it pulls the weak fringe of a change and isolated weak pixels below the
@@ -537,21 +549,29 @@ def refined_threshold(network: torch.nn.Module, store: PairStore, norm: Normaliz
     fewer pixels on ten test sets, at higher precision and lower recall. Cut where they flag
     as many (the embedded model: 0.352 against 0.398), change F1 rose on nine of eleven test
     sets (at most 0.3 points down) and on each of six 96-scene draws through `detect` (0.654
-    -> 0.665), and by 0.3 to 2.9 points for 19 of 21 segmenters `train` made; 0.15-m data
-    trained at 0.5 m lost about 3 (test masks read for that report only;
-    docs/measurements.md, *The refined maps' own threshold*)."""
-    share = threshold.share_above(hist.changed + hist.unchanged, t)
-    if share == 0:
-        return t
+    -> 0.665), and by 0.3 to 2.3 points for 19 of 21 segmenters `train` made. The refinement
+    runs on the pixels it is given, so the share is matched on pixels like those ``detect``
+    refines (:class:`RefineView`): matched on the reduced tiles of 0.15-m data trained at
+    0.5 m, the threshold cost 2.6 and 3.1 points; matched on the data's own pixels, 0.4 and
+    0.6 (test masks read for that report only; docs/measurements.md, *The refined maps' own
+    threshold*)."""
+    raw = np.zeros(threshold.BINS, np.int64)
     refined = np.zeros(threshold.BINS, np.int64)
+
+    def counts(maps: torch.Tensor) -> np.ndarray:
+        bins = (maps.float().cpu().numpy().ravel() * threshold.BINS).astype(np.int64)
+        return np.bincount(np.clip(bins, 0, threshold.BINS - 1), minlength=threshold.BINS)
+
     network.eval()
     with torch.inference_mode():
         for _, t1, t2 in iter_batches(store, norm, device, batch_size):
-            maps = refine(change_maps(network, t1, t2, "msi", scales)[:, None].float(),
-                          t1.float(), t2.float(), refinement)[:, 0]
-            refined += np.bincount(np.clip((maps.cpu().numpy().ravel() * threshold.BINS)
-                                           .astype(np.int64), 0, threshold.BINS - 1),
-                                   minlength=threshold.BINS)
+            maps = change_maps(network, t1, t2, "msi", scales)
+            raw += counts(maps)
+            refined += counts(refine(maps[:, None].float(), t1.float(), t2.float(),
+                                     refinement)[:, 0])
+    share = threshold.share_above(raw, t)
+    if share == 0:
+        return t
     return threshold.matching(refined, share, floor)
 
 
@@ -577,11 +597,14 @@ def match_reference(config: Stage2Config, store: MaskedStore
 def fit_segmenter(pseudo_dir: str | Path, val_store: PairStore | None, output: str | Path,
                   config: Stage2Config, progress: Progress | None = None,
                   data_summary: dict | None = None,
-                  first_stage: str | Path | None = None) -> SegmenterFit:
+                  first_stage: str | Path | None = None,
+                  refine_view: RefineView | None = None) -> SegmenterFit:
     """Train, select, calibrate (on val, else on the training pairs) and save a segmenter,
     carrying ``first_stage`` (the first-stage checkpoint it came from) when given. The
     threshold matches the share of flagged pixels of ``config.match`` or, without it, of a
-    trained start (:func:`matched_threshold`), else it follows the image-label rule."""
+    trained start (:func:`matched_threshold`), else it follows the image-label rule. The
+    refined maps' threshold (:func:`refined_threshold`) is matched on ``refine_view``, else
+    on the calibration pairs."""
     started = time.perf_counter()
     progress = progress or NullProgress()
     store = MaskedStore(pseudo_dir)
@@ -605,9 +628,10 @@ def fit_segmenter(pseudo_dir: str | Path, val_store: PairStore | None, output: s
         t, share = matched
         rule = threshold.matched_rule(floor_text, share, reference[1].threshold, calib.split,
                                       reference[2])
+    view = refine_view or RefineView(calib, tuple(config.scales), None)
     refinement = Refinement(threshold=round(refined_threshold(
-        fitted.network, calib, fitted.normalization, device, config.scales, config.batch_size,
-        Refinement(), hist, t, floor), 4))
+        fitted.network, view.store, fitted.normalization, device, view.scales,
+        config.batch_size, Refinement(), t, floor), 4))
     progress.update("stage 2: calibrate threshold", 1, 1,
                     f"threshold {t:.3f}, refined maps {refinement.threshold:.3f}")
     labels = store.pairs.labels
@@ -627,6 +651,8 @@ def fit_segmenter(pseudo_dir: str | Path, val_store: PairStore | None, output: s
             "val_tiles": len(val_store) if val_store is not None else 0,
             "model_selection": SELECTION if val_store is not None else "last epoch",
             "threshold_image_rule": round(image_rule, 4),
+            "refined_threshold_on": {"split": view.store.split, "scales": list(view.scales),
+                                     "pixel_size": view.pixel_size},
             "start_flagged_share": matched[1] if matched is not None else None,
             "pseudo_labels": store.summary,
             "epochs": fitted.history[-1]["epoch"], "best_epoch": fitted.best_epoch,

@@ -29,6 +29,7 @@ import numpy as np
 from kdmsi_core.checkpoint import has_first_stage
 from kdmsi_core.errors import OutputError
 from kdmsi_core.progress import NullProgress, Progress
+from kdmsi_core.resolution import reduced_scales
 from kdmsi_train import fit
 from kdmsi_train.datasets import (
     PairStore,
@@ -39,7 +40,7 @@ from kdmsi_train.datasets import (
 )
 from kdmsi_train.pseudo import SUMMARY, write_pseudo_labels
 from kdmsi_train.reduce import training_reduction, write_reduced_tiles, write_tile
-from kdmsi_train.stage2 import SegmenterFit, Stage2Config, fit_segmenter
+from kdmsi_train.stage2 import RefineView, SegmenterFit, Stage2Config, fit_segmenter
 from kdmsi_train.trainer import TrainConfig
 
 SETTINGS = "stages.json"
@@ -147,7 +148,8 @@ def _work(output: Path, settings: dict, overwrite: bool) -> Iterator[Path]:
 
 
 def _run(data_dir: Path, output: Path, config: TrainConfig, stage2: Stage2Config,
-         rounds: int, work: Path, progress: Progress, summary: dict) -> SegmenterFit:
+         rounds: int, work: Path, progress: Progress, summary: dict,
+         refine_view: RefineView | None = None) -> SegmenterFit:
     stage1 = work / STAGE1
     if stage1.is_file():
         progress.update("stage 1", 1, 1, f"reusing {stage1}")
@@ -175,7 +177,8 @@ def _run(data_dir: Path, output: Path, config: TrainConfig, stage2: Stage2Config
             fitted = fit_segmenter(pseudo, val, segmenter, stage2, shown,
                                    {**summary, "stage1_model": str(stage1), "round": index,
                                     "rounds": rounds},
-                                   first_stage=stage1 if index == rounds else None)
+                                   first_stage=stage1 if index == rounds else None,
+                                   refine_view=refine_view)
         labeller = segmenter
     return fitted
 
@@ -199,15 +202,19 @@ def fit_tile_folder(data_dir: str | Path, output: str | Path, config: TrainConfi
     settings = {"data": str(data_dir.resolve()), "stage1": _config_dict(config),
                 "rounds": rounds, "resolution_factor": factor}
     with _work(output, settings, overwrite) as work:
-        tiles = data_dir
+        tiles, view = data_dir, None
         if factor < 1:
             tiles = work / TILES
             if not (tiles / "list" / "train_label.txt").is_file():
                 progress.update("reduce tiles", 0, 1)
                 write_reduced_tiles(data_dir, tiles, factor)
                 progress.update("reduce tiles", 1, 1, f"to {factor:g} of their size")
+            if (data_dir / "list" / "val_label.txt").is_file():
+                # the refined maps' threshold is matched on the pixels detect will refine
+                view = RefineView(PairStore(TileFolder.open(data_dir, "val")),
+                                  reduced_scales(stage2.scales, factor), pixel)
         return _run(tiles, output, config, stage2, rounds, work, progress,
-                    fit.data_summary({"data": str(data_dir)}, pixel, factor))
+                    fit.data_summary({"data": str(data_dir)}, pixel, factor), view)
 
 
 def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | Path,

@@ -77,6 +77,11 @@ def test_train_on_finer_tiles_learns_at_the_models_resolution(fine, tmp_path):
     assert (tmp_path / "m.stages" / "tiles" / "list" / "train_label.txt").is_file()
     first = read_card(tmp_path / "m.stages" / "stage1.safetensors")
     assert first.pixel_size == 0.5 and first.tile_size == 32  # ... both stages
+    # the refined maps' threshold is matched on the val pairs as detect reads and refines
+    # them: on their own 0.25-m pixels, at half the card's scales
+    assert card.training["refined_threshold_on"] == {
+        "split": "val", "scales": [s / 2 for s in card.scales], "pixel_size": 0.25}
+    assert 0 < card.refine.threshold < 1
     info = CliRunner().invoke(cli, ["info", str(out)]).output
     assert "Pixel size: 0.5 m, its training data's (0.25-m pixels reduced to it)" in info
     native = tmp_path / "n.safetensors"
@@ -86,6 +91,8 @@ def test_train_on_finer_tiles_learns_at_the_models_resolution(fine, tmp_path):
     card = read_card(native)
     assert card.pixel_size == 0.25 and card.tile_size == 64
     assert "resolution_factor" not in card.training
+    assert card.training["refined_threshold_on"] == {
+        "split": "val", "scales": list(card.scales), "pixel_size": None}
     assert not (tmp_path / "n.stages" / "tiles").exists()
     one = tmp_path / "one.safetensors"  # the first stage alone reduces in a passing folder
     result = CliRunner().invoke(cli, ["train", str(fine), "-o", str(one), "--stages", "1",
