@@ -32,7 +32,7 @@ from kdmsi_core.resolution import ground_pixel_size, reduced_tiling, run_scales
 from kdmsi_core.signals import stop_on_signals
 from kdmsi_core.stitch import StripStitcher
 from kdmsi_core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, Tile, check_tiling, plan_tiles
-from kdmsi_core.vectorize import vectorize
+from kdmsi_core.vectorize import default_min_area, vectorize
 
 GDAL_CACHE_MB = 256
 
@@ -50,6 +50,7 @@ class DetectSummary:
     model: Path
     threshold: float
     low_threshold: float
+    min_area: float
     scales: tuple[float, ...]
     refine_radius: int
     tile_size: int
@@ -84,7 +85,8 @@ def default_probability_path(changes: Path) -> Path:
     return changes.with_name(f"{changes.stem}_probability.tif")
 
 
-def _check_parameters(threshold: float | None, low_threshold: float | None, min_area: float,
+def _check_parameters(threshold: float | None, low_threshold: float | None,
+                      min_area: float | None,
                       batch_size: int | None, scales: Sequence[float] | None,
                       refine_radius: int | None) -> None:
     if threshold is not None and not valid_threshold(threshold):
@@ -93,7 +95,7 @@ def _check_parameters(threshold: float | None, low_threshold: float | None, min_
     if low_threshold is not None and not valid_threshold(low_threshold):
         raise ParameterError(f"--low-threshold {low_threshold} is outside 0..1; a probability "
                              "threshold is needed.")
-    if not 0 <= min_area < float("inf"):
+    if min_area is not None and not 0 <= min_area < float("inf"):
         raise ParameterError(f"--min-area {min_area} is not an area; give a number of m² >= 0.")
     if batch_size is not None and batch_size < 1:
         raise ParameterError(f"--batch-size {batch_size} must be at least 1.")
@@ -153,7 +155,7 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
            probability: str | os.PathLike | None = None, mask: str | os.PathLike | None = None,
            model: str | os.PathLike | None = None, threshold: float | None = None,
            low_threshold: float | None = None, refine_radius: int | None = None,
-           min_area: float = 0.0,
+           min_area: float | None = None,
            tile_size: int | None = None, overlap: int | None = None,
            batch_size: int | None = None, match_resolution: bool = True,
            scales: Sequence[float] | None = None, bands: Sequence[int] | None = None,
@@ -170,7 +172,9 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     where the run refines and the card has one); pixels above ``low_threshold``
     (at most the threshold; default the threshold: no growth) join a change they touch
     (:mod:`~kdmsi_core.hysteresis`); ``refine_radius`` replaces the radius of the model's
-    edge-aware refinement (0: none; :mod:`~kdmsi_core.refine`); ``min_area`` is in m²;
+    edge-aware refinement (0: none; :mod:`~kdmsi_core.refine`); ``min_area`` is in m²
+    (default :func:`~kdmsi_core.vectorize.default_min_area`: two cells of the model's output
+    grid at the pixel size it reads the imagery at);
     ``batch_size`` defaults to :func:`default_batch_size`. Imagery finer than the model's
     training data is read at the model's resolution (``match_resolution``; the scales, and
     the default tile and overlap, follow the ratio of pixel sizes; not with explicit
@@ -207,6 +211,8 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
         pixel = ground_pixel_size(grid.crs, grid.transform, grid.width, grid.height)
         scales, factor = run_scales(card.scales, card.pixel_size, pixel, scales,
                                     match_resolution)
+        if min_area is None:
+            min_area = default_min_area(card.map_stride, pixel, factor)
         tile_size, overlap = reduced_tiling(
             DEFAULT_TILE_SIZE if tile_size is None else tile_size,
             DEFAULT_OVERLAP if overlap is None else overlap,
@@ -259,7 +265,8 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     return DetectSummary(
         changes=output, probability=prob_path, mask=mask_path, polygons=polygons,
         changed_area_m2=area, seconds=round(time.perf_counter() - started, 3),
-        model=runner.path, threshold=threshold, low_threshold=low, scales=scales,
+        model=runner.path, threshold=threshold, low_threshold=low, min_area=min_area,
+        scales=scales,
         refine_radius=radius,
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=runner.device,
         engine=runner.name,

@@ -28,6 +28,18 @@ from kdmsi_core.progress import NullProgress, Progress, check_cancelled
 LAYER = "changes"
 FIELDS = ("area_m2", "mean_prob", "max_prob")
 BATCH = 5000
+MIN_AREA_CELLS = 2
+"""Regions smaller than this many cells of the model's output grid are dropped by default:
+the network cannot place anything more finely than about one cell."""
+
+
+def default_min_area(stride: int, pixel: float | None, factor: float = 1.0) -> float:
+    """:data:`MIN_AREA_CELLS` cells of ``stride`` x ``stride`` pixels in m², at the pixel
+    size the model reads the imagery at: ``pixel`` (metres) over the resolution ``factor``
+    (< 1 where finer imagery is read reduced). 0 where the pixel size is unknown."""
+    if not pixel:
+        return 0.0
+    return MIN_AREA_CELLS * (stride * pixel / factor) ** 2
 CHUNK_PIXELS = 1 << 22
 SMALL_WINDOW = 1 << 14
 

@@ -34,18 +34,11 @@ from .algorithm import (
     KdmsiAlgorithm,
     advanced,
     is_set,
-    model_card,
 )
-from .inputs import check_two_images, date_order_warning, local_raster, pixel_area_m2
+from .inputs import check_two_images, date_order_warning, local_raster
 from .runner import RunLog, Stage, Stages, run_core
 from .styling import OutputStyler, ProbabilityRange, probability_range
 
-# Empty MIN_AREA: regions smaller than this many cells of the model's output grid are
-# dropped; the network cannot place anything more finely than about one cell.
-MIN_AREA_CELLS = 2
-MAX_REDUCTION = 8
-"""The core reads imagery finer than a model's training data at the model's pixel size,
-down to 1/8 of T1's resolution (its smallest scale, 0.125)."""
 # Typical shares of a run's time (a 1024² pair on the CPU: 1 %, 97 %, 1 %, 2 %), so that
 # one bar crosses all stages at an even pace.
 STAGES = Stages([
@@ -91,7 +84,7 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
                          "off. Default (empty): the model's setting (12 px for the default "
                          "model; none for models without one).",
         "MIN_AREA": "Change regions smaller than this many square metres are dropped. "
-                    f"Default (empty): {MIN_AREA_CELLS} cells of the model's output grid at "
+                    "Default (empty): 2 cells of the model's output grid at "
                     "the pixel size it runs at: T1's, or the model's own on finer imagery "
                     "(8 m² for the default model at 0.5 m pixels and finer); the log states "
                     "the value used. 0 keeps every region.",
@@ -168,7 +161,7 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
                                          "model's; 0: off)"),
                 type=integer, optional=True, minValue=0, maxValue=64)),
             QgsProcessingParameterNumber(
-                "MIN_AREA", self.tr(f"Minimum change area in m² (empty: {MIN_AREA_CELLS} cells "
+                "MIN_AREA", self.tr("Minimum change area in m² (empty: 2 cells "
                                     "of the model's output grid)"),
                 type=double, optional=True, minValue=0.0),
             advanced(QgsProcessingParameterNumber(
@@ -214,13 +207,12 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
         bands = self.parameterAsInts(parameters, "BANDS", context)
         if bands:
             command += ["--bands", ",".join(str(b) for b in bands)]
-        min_area = self._min_area(parameters, context, executable, model, feedback, log)
-        command += ["--min-area", f"{min_area:g}"]
         if self.parameterAsBoolean(parameters, "NATIVE_RESOLUTION", context):
             command.append("--native-resolution")
         for name, option, as_value in (
             ("THRESHOLD", "--threshold", self.parameterAsDouble),
             ("LOW_THRESHOLD", "--low-threshold", self.parameterAsDouble),
+            ("MIN_AREA", "--min-area", self.parameterAsDouble),
             ("REFINE_RADIUS", "--refine-radius", self.parameterAsInt),
             ("TILE_SIZE", "--tile-size", self.parameterAsInt),
             ("OVERLAP", "--overlap", self.parameterAsInt),
@@ -230,7 +222,10 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
                 command += [option, str(as_value(parameters, name, context)).replace(" ", "")]
 
         summary = run_core(command, feedback, STAGES, log, WORDING)
-        threshold = float(summary["threshold"])
+        threshold, min_area = float(summary["threshold"]), float(summary["min_area"])
+        if not is_set(parameters.get("MIN_AREA")):
+            log.info(f"Minimum change area: {min_area:.3g} m², 2 cells of the model's output "
+                     "grid at the pixel size it read T1 at.")
         factor = float(summary.get("resolution_factor", 1.0))
         if factor < 1.0:
             log.info(f"T1's pixels ({summary['pixel_size_m']:g} m) are finer than the model's: "
@@ -270,26 +265,3 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
         t2 = local_raster(self.parameterAsRasterLayer(parameters, "T2", context), "T2")
         check_two_images(t1, t2)
         return t1, t2, self.model_file(parameters, context)
-
-    def _min_area(self, parameters: dict[str, Any], context: QgsProcessingContext,
-                  executable: str, model: str, feedback: QgsProcessingFeedback,
-                  log: RunLog) -> float:
-        """MIN_AREA, or MIN_AREA_CELLS cells of the model's output grid at the pixel size it
-        runs at: T1's, or the model's own where the core reads finer imagery at it."""
-        if is_set(parameters.get("MIN_AREA")):
-            return self.parameterAsDouble(parameters, "MIN_AREA", context)
-        log.text("Reading the model's card...")
-        card = model_card(executable, model, feedback)
-        stride = int(card["output_stride"])
-        pixel = pixel_area_m2(self.parameterAsRasterLayer(parameters, "T1", context))
-        trained = card.get("training", {}).get("pixel_size")
-        reduced = (trained and trained * trained > pixel and not is_set(parameters.get("SCALES"))
-                   and not self.parameterAsBoolean(parameters, "NATIVE_RESOLUTION", context))
-        if reduced:
-            pixel = min(trained * trained, pixel * MAX_REDUCTION ** 2)
-        area = MIN_AREA_CELLS * stride * stride * pixel
-        log.info(f"Minimum change area: {area:.1f} m² ({MIN_AREA_CELLS} cells of {stride} × "
-                 f"{stride} pixels, the model's output grid, at "
-                 + (f"the model's {pixel:.3g} m² pixels, at which it reads T1)." if reduced
-                    else f"T1's {pixel:.3g} m² pixels)."))
-        return area

@@ -13,18 +13,13 @@ import re
 from datetime import date
 
 from qgis.core import (
-    QgsCoordinateReferenceSystem,
     QgsCoordinateTransformContext,
-    QgsDistanceArea,
     QgsFeatureSink,
     QgsField,
     QgsFields,
-    QgsPointXY,
     QgsProcessingException,
     QgsProcessingFeatureSource,
-    QgsProject,
     QgsRasterLayer,
-    QgsUnitTypes,
     QgsVectorFileWriter,
 )
 from qgis.PyQt.QtCore import QVariant
@@ -93,25 +88,6 @@ def date_order_warning(t1: str, t2: str) -> str | None:
     return (f"T1 ({os.path.basename(t1)}) was acquired on {first.isoformat()}, after T2 "
             f"({os.path.basename(t2)}, {second.isoformat()}) according to their metadata: "
             "the images may be swapped.")
-
-
-def pixel_area_m2(layer: QgsRasterLayer) -> float:
-    """The ground area of one pixel of ``layer``, in m² (ellipsoidal for geographic CRSs)."""
-    dx, dy = layer.rasterUnitsPerPixelX(), layer.rasterUnitsPerPixelY()
-    crs = layer.crs()
-    if not crs.isGeographic():
-        return dx * dy * _metres_per_unit(crs) ** 2
-    measure = QgsDistanceArea()
-    measure.setSourceCrs(crs, QgsProject.instance().transformContext())
-    measure.setEllipsoid(crs.ellipsoidAcronym() or "EPSG:7030")
-    centre = layer.extent().center()
-    east = measure.measureLine(centre, QgsPointXY(centre.x() + dx, centre.y()))
-    north = measure.measureLine(centre, QgsPointXY(centre.x(), centre.y() + dy))
-    return east * north
-
-
-def _metres_per_unit(crs: QgsCoordinateReferenceSystem) -> float:
-    return QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), QgsUnitTypes.DistanceMeters)
 
 
 def band_subset(path: str, bands: list[int], folder: str, name: str) -> str:

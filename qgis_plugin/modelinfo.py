@@ -71,6 +71,7 @@ class ModelInfoAlgorithm(KdmsiAlgorithm):
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
         log = RunLog(feedback)
         model = self.model_file(parameters, context)
+        log.text("Reading the model's card...")
         try:
             card = model_card(self.executable(), model, feedback)
         except QgsProcessingException as exc:

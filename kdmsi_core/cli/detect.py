@@ -13,8 +13,9 @@ def summary_message(summary: dict) -> str:
     """One line a person can read: what was found and where everything went."""
     prob = summary["probability"] + (" (default path)" if summary["probability_defaulted"]
                                      else "")
-    text = (f"{summary['polygons']} change polygon(s), {summary['changed_area_m2']:.1f} m², "
-            f"written to {summary['changes']}; probability: {prob}")
+    text = (f"{summary['polygons']} change polygon(s) of at least {summary['min_area']:.3g} "
+            f"m², {summary['changed_area_m2']:.1f} m² in all, written to {summary['changes']}; "
+            f"probability: {prob}")
     if summary["mask"]:
         text += f"; mask: {summary['mask']}"
     return text + f"; {summary['seconds']:.1f} s."
@@ -41,8 +42,11 @@ def summary_message(summary: dict) -> str:
                    "pixels, so that changes keep their weaker rim; 0..threshold "
                    "[default: the threshold, plain thresholding].")
 @options.refine_radius_opt
-@click.option("--min-area", type=float, default=0.0, show_default=True,
-              help="Drop polygons smaller than this many m² (true areas for a geographic CRS).")
+@click.option("--min-area", type=float, default=None,
+              help="Drop polygons smaller than this many m² (true areas for a geographic CRS) "
+                   "[default: 2 cells of the model's output grid at the pixel size it reads "
+                   "the imagery at, 8 m² for the default model at 0.5 m and finer; 0 keeps "
+                   "everything].")
 @click.option("--tile-size", type=int, default=None,
               help=f"Tile side in pixels [default: {DEFAULT_TILE_SIZE}; larger on imagery "
                    "finer than the model's, see --native-resolution].")
@@ -69,7 +73,7 @@ def summary_message(summary: dict) -> str:
 @options.progress_opt
 def command(t1: str, t2: str, output: str, probability: str | None, mask: str | None,
             model: str | None, threshold: float | None, low_threshold: float | None,
-            refine_radius: int | None, min_area: float, tile_size: int | None,
+            refine_radius: int | None, min_area: float | None, tile_size: int | None,
             overlap: int | None, batch_size: int | None, scales: tuple[float, ...] | None,
             native_resolution: bool,
             bands: tuple[int, ...] | None, device: str, engine: str, workers: int | None,

@@ -186,9 +186,14 @@ def test_refined_maps_are_cut_at_the_cards_refined_threshold(tmp_path: Path) -> 
     b = write_tif(tmp_path / "t2.tif", scene_pair.t2, transform=t)
     refined = detect(a, b, tmp_path / "r.gpkg", mask=tmp_path / "r.tif")
     raw = detect(a, b, tmp_path / "n.gpkg", mask=tmp_path / "n.tif", refine_radius=0)
-    given = detect(a, b, tmp_path / "g.gpkg", mask=tmp_path / "g.tif", threshold=0.5)
+    given = detect(a, b, tmp_path / "g.gpkg", mask=tmp_path / "g.tif", threshold=0.5,
+                   min_area=0)
     assert refined.threshold == card.refine.threshold and raw.threshold == card.threshold
     assert given.threshold == 0.5  # an explicit threshold is taken as it is
+    # no polygon under two cells of the segmenter's 4-px grid of 0.5-m pixels, unless asked
+    assert refined.min_area == raw.min_area == 2 * (4 * 0.5) ** 2 and given.min_area == 0
+    areas = {s.changes.stem: _polygons(s.changes)[1][0] for s in (refined, given)}
+    assert areas["r"].min() >= 8 and areas["g"].min() < 8
     for s in (refined, raw, given):
         with rasterio.open(s.probability) as p, rasterio.open(s.mask) as m:
             prob, mask = p.read(1), m.read(1)

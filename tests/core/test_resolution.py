@@ -85,6 +85,8 @@ def test_detect_reads_finer_imagery_at_the_models_resolution(tmp_path: Path,
     assert s.pixel_size_m == pytest.approx(0.25)
     assert s.resolution_factor == pytest.approx(0.25)
     assert s.scales == (0.25,) and (s.tile_size, s.overlap) == (1024, 128)
+    cell = read_card(metre_model).map_stride  # default minimum area: 2 cells of the map's
+    assert s.min_area == pytest.approx(2 * (cell * 1.0) ** 2)  # grid at the model's pixels
     with rasterio.open(tmp_path / "m.tif") as ds:  # outputs on t1's own 0.25-m grid
         assert (ds.width, ds.height) == (320, 320)
         assert ds.transform == transform_for(0.25)
@@ -97,6 +99,7 @@ def test_detect_reads_finer_imagery_at_the_models_resolution(tmp_path: Path,
     native = detect(t1, t2, tmp_path / "n.gpkg", model=metre_model, match_resolution=False)
     assert native.resolution_factor == 1.0 and native.scales == (1.0,)
     assert (native.tile_size, native.overlap) == (256, 32)
+    assert native.min_area == pytest.approx(2 * (cell * 0.25) ** 2)  # t1's own pixels
     chosen = detect(t1, t2, tmp_path / "s.gpkg", model=metre_model, scales=(0.5,),
                     tile_size=128, overlap=16)
     assert chosen.resolution_factor == 1.0 and chosen.scales == (0.5,)
@@ -113,6 +116,9 @@ def test_coarser_imagery_and_models_without_a_pixel_size_run_as_they_are(
     t1, t2 = _fine_pair(tmp_path / "fine", 0.25)
     unknown = detect(t1, t2, tmp_path / "u.gpkg", model=difference_model)
     assert unknown.resolution_factor == 1.0 and unknown.scales == (1.0,)
+    cell = read_card(metre_model).map_stride
+    assert coarse.min_area == pytest.approx(2 * (cell * 2.0) ** 2)
+    assert unknown.min_area == pytest.approx(2 * (cell * 0.25) ** 2)
 
 
 def test_the_embedded_model_and_its_onnx_twin_know_their_pixel_size() -> None:
