@@ -60,9 +60,11 @@ def written_whole(root: Path, prefix: str = ".kdmsi-tiles-") -> Iterator[Path]:
         raise
 
 
-PIXEL_SIZE_FILES = ("synth.json", "../synth.json")
-"""Where a tile folder may say its pixels' ground size (``pixel_size``, metres): the record
-``kdmsi-geo synth`` writes beside its tiles."""
+SYNTH_RECORD = "synth.json"
+"""The record ``kdmsi-geo synth`` writes beside its tiles: its parameters, the pixels' ground
+size among them (``pixel_size``, metres), and the label balance per split."""
+PIXEL_SIZE_FILES = (SYNTH_RECORD, f"../{SYNTH_RECORD}")
+"""Where a tile folder may say its pixels' ground size: in or beside it."""
 
 
 def folder_pixel_size(root: str | Path) -> float | None:

@@ -50,6 +50,7 @@ def command(
     the same scenes as a tile data set (A/, B/, label/, list/ with train/val/test lists
     and image-level labels), split by scene.
     """
+    from kdmsi_train.datasets import SYNTH_RECORD
     from kdmsi_train.synth import write_tile_dataset
 
     progress = make_progress(progress_kind)
@@ -64,7 +65,7 @@ def command(
         close = getattr(progress, "close", None)
         if close is not None:
             close()
-    summary = json.loads((out_dir / "synth.json").read_text())
+    summary = json.loads((out_dir / SYNTH_RECORD).read_text())
     summary.update(scenes_dir=str(out_dir / "scenes"), tiles_dir=str(tiles))
     counts = summary["splits"].values()
     total, changed = sum(c["tiles"] for c in counts), sum(c["changed"] for c in counts)

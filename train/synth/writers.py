@@ -32,6 +32,7 @@ from rasterio.transform import Affine
 
 from kdmsi_core.errors import OutputError, ParameterError
 from kdmsi_core.progress import NullProgress, Progress, check_cancelled
+from kdmsi_train.datasets import SYNTH_RECORD
 from kdmsi_train.synth.scene import ScenePair, check_scene_args, make_scene_pair
 
 DTYPES = ("uint8", "uint16")
@@ -39,7 +40,7 @@ BAND_NAMES = {3: ("red", "green", "blue"), 4: ("red", "green", "blue", "nir")}
 SPLITS = ("train", "val", "test")
 SCENE_GAP_M = 500.0  # scenes of one data set lie side by side, this far apart
 SCENES_PER_ROW = 8
-OUTPUTS = ("scenes", "tiles", "synth.json")  # what a run writes into its folder
+OUTPUTS = ("scenes", "tiles", SYNTH_RECORD)  # what a run writes into its folder
 MAX_WORKERS = 4
 PNG_ZLEVEL = 1  # fast; the tiles are rewritten far more often than they are archived
 
@@ -146,7 +147,7 @@ def write_tile_dataset(
                            labels)
         summary.update(bands=bands, change_rate=change_rate,
                        label_min_fraction=label_min_fraction)
-        (tmp / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (tmp / SYNTH_RECORD).write_text(json.dumps(summary, indent=2) + "\n")
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
