@@ -549,12 +549,12 @@ def refined_threshold(network: torch.nn.Module, store: PairStore, norm: Normaliz
     fewer pixels on ten test sets, at higher precision and lower recall. Cut where they flag
     as many (the embedded model: 0.352 against 0.398), change F1 rose on nine of eleven test
     sets (at most 0.3 points down) and on each of six 96-scene draws through `detect` (0.654
-    -> 0.665), and by 0.3 to 2.3 points for 19 of 21 segmenters `train` made. The refinement
-    runs on the pixels it is given, so the share is matched on pixels like those ``detect``
-    refines (:class:`RefineView`): matched on the reduced tiles of 0.15-m data trained at
-    0.5 m, the threshold cost 2.6 and 3.1 points; matched on the data's own pixels, 0.4 and
-    0.6 (test masks read for that report only; docs/measurements.md, *The refined maps' own
-    threshold*)."""
+    -> 0.665), and by 0.3 to 2.3 points for 22 of 27 segmenters `train` made (the others lost
+    0.4 to 0.9: nir16-128, 0.15-m data). The refinement runs on the pixels it is given, so
+    the share is matched on pixels like those ``detect`` refines (:class:`RefineView`):
+    matched on the reduced tiles of 0.15-m data trained at 0.5 m, the threshold cost 2.6 and
+    3.1 points; matched on the data's own pixels, 0.4 and 0.6 (test masks read for that
+    report only; docs/measurements.md, *The refined maps' own threshold*)."""
     raw = np.zeros(threshold.BINS, np.int64)
     refined = np.zeros(threshold.BINS, np.int64)
 
