@@ -13,9 +13,10 @@ def summary_message(summary: dict) -> str:
     """One line a person can read: what was found and where everything went."""
     prob = summary["probability"] + (" (default path)" if summary["probability_defaulted"]
                                      else "")
-    text = (f"{summary['polygons']} change polygon(s) of at least {summary['min_area']:.3g} "
-            f"m², {summary['changed_area_m2']:.1f} m² in all, written to {summary['changes']}; "
-            f"probability: {prob}")
+    least = (f" of at least {summary['min_area']:.3g} m²" if summary["min_area"] > 0
+             else "")
+    text = (f"{summary['polygons']} change polygon(s){least}, {summary['changed_area_m2']:.1f} "
+            f"m² in all, written to {summary['changes']}; probability: {prob}")
     if summary["mask"]:
         text += f"; mask: {summary['mask']}"
     return text + f"; {summary['seconds']:.1f} s."

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
+from kdmsi_core.checkpoint import read_card
 from kdmsi_core.cli.main import cli
 from tests.core.geodata import ORIGIN, scene, texture, transform_for, write_tif
 
@@ -56,10 +57,15 @@ def test_bar_mode_tells_where_the_default_probability_went(tmp_path: Path, pair,
                   "--threshold", "0.99", "--scales", "1")
     assert result.exit_code == 0 and result.stdout == ""
     assert "c_probability.tif (default path)" in result.stderr
+    cells = 2 * (read_card(random_model).map_stride * 1.0) ** 2  # the default: 2 cells, 1-m px
+    assert f"change polygon(s) of at least {cells:.3g} m²," in result.stderr
     assert (tmp_path / "c_probability.tif").is_file()
     again = _run(*pair, "-o", tmp_path / "c.gpkg", "--model", random_model, "--overwrite",
                  "--progress", "none", "--scales", "1")
     assert again.exit_code == 0 and again.stdout == again.stderr == ""
+    everything = _run(*pair, "-o", tmp_path / "c.gpkg", "--model", random_model,
+                      "--overwrite", "--threshold", "0.99", "--scales", "1", "--min-area", "0")
+    assert everything.exit_code == 0 and "change polygon(s), " in everything.stderr
 
 
 def test_low_threshold_grows_changes_exactly_as_the_rule_on_the_whole_raster(
