@@ -557,18 +557,13 @@ def refined_threshold(network: torch.nn.Module, store: PairStore, norm: Normaliz
     report only; docs/measurements.md, *The refined maps' own threshold*)."""
     raw = np.zeros(threshold.BINS, np.int64)
     refined = np.zeros(threshold.BINS, np.int64)
-
-    def counts(maps: torch.Tensor) -> np.ndarray:
-        bins = (maps.float().cpu().numpy().ravel() * threshold.BINS).astype(np.int64)
-        return np.bincount(np.clip(bins, 0, threshold.BINS - 1), minlength=threshold.BINS)
-
     network.eval()
     with torch.inference_mode():
         for _, t1, t2 in iter_batches(store, norm, device, batch_size):
-            maps = change_maps(network, t1, t2, "msi", scales)
-            raw += counts(maps)
-            refined += counts(refine(maps[:, None].float(), t1.float(), t2.float(),
-                                     refinement)[:, 0])
+            maps = change_maps(network, t1, t2, "msi", scales).float()
+            raw += threshold.histogram(maps.cpu().numpy())
+            refined += threshold.histogram(
+                refine(maps[:, None], t1.float(), t2.float(), refinement)[:, 0].cpu().numpy())
     share = threshold.share_above(raw, t)
     if share == 0:
         return t

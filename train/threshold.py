@@ -83,8 +83,7 @@ class Histograms:
 
     def update(self, maps: np.ndarray, labels: np.ndarray) -> None:
         for m, y in zip(maps, labels, strict=True):
-            h = np.bincount(np.clip((m.ravel() * BINS).astype(np.int64), 0, BINS - 1),
-                            minlength=BINS)
+            h = histogram(m)
             if y > 0.5:
                 self.changed += h
                 self.changed_peaks.append(float(np.max(m)))
@@ -92,6 +91,12 @@ class Histograms:
                 self.unchanged += h
                 self.unchanged_peaks.extend(square_peaks(m, self.square) if self.square
                                             else [float(np.max(m))])
+
+
+def histogram(values: np.ndarray) -> np.ndarray:
+    """Counts of ``values`` (probabilities, any shape) in :data:`BINS` bins over [0, 1]."""
+    return np.bincount(np.clip((values.ravel() * BINS).astype(np.int64), 0, BINS - 1),
+                       minlength=BINS)
 
 
 def square_peaks(m: np.ndarray, side: int) -> list[float]:
