@@ -19,11 +19,10 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
-from kdmsi_core.checkpoint import CAM_STUDENT, default_model_path, has_first_stage, read_card
 from kdmsi_core.resize import resize
 from kdmsi_core.resolution import reduction
 from kdmsi_train.datasets import TileFolder, read_tile, written_whole
-from kdmsi_train.start import why_unfit
+from kdmsi_train.start import start_checkpoint
 from kdmsi_train.trainer import TrainConfig
 
 SPLITS = ("train", "val")
@@ -38,15 +37,8 @@ def start_pixel_size(config: TrainConfig) -> float | None:
     does not say."""
     if config.init == "scratch" or (config.init == "default" and config.pretrained):
         return None
-    path = default_model_path() if config.init == "default" else Path(config.init)
-    card = first = read_card(path)
-    if card.kind != CAM_STUDENT:
-        if not has_first_stage(path):
-            return None
-        first = read_card(path, first_stage=True)
-    if why_unfit(first.network, config.backbone, config.student, config.strides):
-        return None
-    return card.pixel_size
+    start = start_checkpoint(config.init, config.backbone, config.student, config.strides)
+    return None if start.why else start.card.pixel_size
 
 
 def training_reduction(data_pixel: float | None, config: TrainConfig, native: bool) -> float:

@@ -15,6 +15,7 @@ import torch
 
 from kdmsi_core.checkpoint import (
     CAM_STUDENT,
+    ModelCard,
     default_model_path,
     has_first_stage,
     load_checkpoint,
@@ -72,6 +73,34 @@ def why_unfit(config: NetworkConfig, backbone: str, student: str,
     return None
 
 
+@dataclass(frozen=True)
+class StartCheckpoint:
+    """The checkpoint a training run with a trained start begins from, read from its cards
+    only (no weights), and whether it can."""
+
+    path: Path
+    card: ModelCard  # the file's own (a segmenter's speaks for the data it learnt from)
+    first: ModelCard  # the first stage training starts from: the file's, or the one it carries
+    carried: bool  # whether ``first`` is carried inside a segmenter
+    why: str | None  # why it cannot start this training; None when it can
+
+
+def start_checkpoint(init: str, backbone: str, student: str,
+                     strides: tuple[int, ...]) -> StartCheckpoint:
+    """``init`` (``default``: the embedded model; else a checkpoint path) as a start for a
+    first stage of this architecture; a segmenter starts it from the first stage it
+    carries."""
+    path = default_model_path() if init == "default" else Path(init)
+    card = first = read_card(path)
+    carried = card.kind != CAM_STUDENT and has_first_stage(path)
+    if carried:
+        first = read_card(path, first_stage=True)
+    why = ("it is a segmenter that carries no first stage (give its "
+           "<model>.stages/stage1.safetensors)" if first.kind != CAM_STUDENT
+           else why_unfit(first.network, backbone, student, strides))
+    return StartCheckpoint(path, card, first, carried, why)
+
+
 def resolve_start(init: str, backbone: str, teacher: str, student: str,
                   strides: tuple[int, int, int, int], bands: int,
                   pretrained: str | None) -> Start:
@@ -91,15 +120,9 @@ def resolve_start(init: str, backbone: str, teacher: str, student: str,
     explicit = init != "default"
     if not explicit and pretrained:
         return scratch("ImageNet weights given: the embedded model is not used")
-    path = Path(init) if explicit else default_model_path()
-    card = read_card(path)
-    # A segmenter that carries its first stage starts the first stage from that.
-    first_stage = card.kind != CAM_STUDENT and has_first_stage(path)
-    if first_stage:
-        card = read_card(path, first_stage=True)
-    why = ("it is a segmenter that carries no first stage (give its "
-           "<model>.stages/stage1.safetensors)" if card.kind != CAM_STUDENT
-           else why_unfit(card.network, backbone, student, strides))
+    checkpoint = start_checkpoint(init, backbone, student, strides)
+    path, card, first_stage, why = (checkpoint.path, checkpoint.first, checkpoint.carried,
+                                    checkpoint.why)
     if why:
         if explicit:
             raise CheckpointError(f"Training cannot start from {path}: {why}; pass matching "
