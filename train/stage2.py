@@ -51,7 +51,7 @@ from kdmsi_core.segmenter import SiameseSegmenter
 from kdmsi_train import threshold
 from kdmsi_train.datasets import PairStore
 from kdmsi_train.optim import make_optimizer, poly_lr
-from kdmsi_train.predict import change_maps, iter_batches, iter_maps, to_tensor
+from kdmsi_train.predict import change_maps, iter_batches, to_tensor
 from kdmsi_train.pseudo import IGNORE, open_pseudo, read_mask
 from kdmsi_train.start import adapt_bands
 from kdmsi_train.trainer import (
@@ -493,10 +493,26 @@ def histograms(network: torch.nn.Module, store: PairStore, norm: Normalization,
     pairs, and the eight segmenters fine-tuned from it), the threshold came 2.0 points of
     change F1 below the best in hindsight on average, against 5.3 with one peak per pair
     (test masks read for that report only; docs/measurements.md)."""
+    return calibration_histograms(network, store, norm, device, scales, batch_size)[0]
+
+
+def calibration_histograms(network: torch.nn.Module, store: PairStore, norm: Normalization,
+                           device: torch.device, scales: Sequence[float], batch_size: int,
+                           refinement: Refinement | None = None
+                           ) -> tuple[threshold.Histograms, np.ndarray | None]:
+    """:func:`histograms`, and with ``refinement`` the histogram of the same maps refined
+    (:func:`refined_threshold`), from one pass of inference."""
     hist = threshold.Histograms(square=UNCHANGED_SQUARE)
-    for idx, maps in iter_maps(network, store, norm, device, "msi", scales, batch_size):
-        hist.update(maps, store.labels[idx])
-    return hist
+    refined = None if refinement is None else np.zeros(threshold.BINS, np.int64)
+    network.eval()
+    with torch.inference_mode():
+        for idx, t1, t2 in iter_batches(store, norm, device, batch_size):
+            maps = change_maps(network, t1, t2, "msi", scales).float()
+            hist.update(maps.cpu().numpy(), store.labels[idx])
+            if refined is not None:
+                refined += threshold.histogram(refine(
+                    maps[:, None], t1.float(), t2.float(), refinement)[:, 0].cpu().numpy())
+    return hist, refined
 
 
 def matched_threshold(reference: torch.nn.Module, card: ModelCard, norm: Normalization,
@@ -537,11 +553,9 @@ class RefineView:
     the card); None for the training tiles' own."""
 
 
-def refined_threshold(network: torch.nn.Module, store: PairStore, norm: Normalization,
-                      device: torch.device, scales: Sequence[float], batch_size: int,
-                      refinement: Refinement, t: float, floor: float) -> float:
-    """The threshold at which ``network``'s maps of ``store`` (at ``scales``), refined, flag
-    the share of pixels that they flag raw at ``t``; ``t`` when they flag none.
+def refined_threshold(raw: np.ndarray, refined: np.ndarray, t: float, floor: float) -> float:
+    """The threshold at which maps refined (``refined``: their histogram) flag the share of
+    pixels that they flag raw (``raw``) at ``t``; ``t`` when they flag none.
 
     The guided filter moves each change's outline onto the images' edges, not how much change
     a map holds, yet it pulls the weak fringe of a change and isolated weak pixels below the
@@ -555,15 +569,6 @@ def refined_threshold(network: torch.nn.Module, store: PairStore, norm: Normaliz
     matched on the reduced tiles of 0.15-m data trained at 0.5 m, the threshold cost 2.6 and
     3.1 points; matched on the data's own pixels, 0.4 and 0.6 (test masks read for that
     report only; docs/measurements.md, *The refined maps' own threshold*)."""
-    raw = np.zeros(threshold.BINS, np.int64)
-    refined = np.zeros(threshold.BINS, np.int64)
-    network.eval()
-    with torch.inference_mode():
-        for _, t1, t2 in iter_batches(store, norm, device, batch_size):
-            maps = change_maps(network, t1, t2, "msi", scales).float()
-            raw += threshold.histogram(maps.cpu().numpy())
-            refined += threshold.histogram(
-                refine(maps[:, None], t1.float(), t2.float(), refinement)[:, 0].cpu().numpy())
     share = threshold.share_above(raw, t)
     if share == 0:
         return t
@@ -611,8 +616,9 @@ def fit_segmenter(pseudo_dir: str | Path, val_store: PairStore | None, output: s
     progress.update("stage 2: calibrate threshold", 0, 1)
     floor = prior_share(store.summary["fractions"])
     device = resolve_device(config.device)
-    hist = histograms(fitted.network, calib, fitted.normalization, device, config.scales,
-                      config.batch_size)
+    hist, refined = calibration_histograms(fitted.network, calib, fitted.normalization, device,
+                                           config.scales, config.batch_size,
+                                           Refinement() if refine_view is None else None)
     t = image_rule = threshold.calibrate(hist, floor)
     floor_text = f"{floor:.4f} (the share of change among the labelled pseudo-label pixels)"
     rule = (threshold.rule(floor_text, UNCHANGED_SQUARE)
@@ -623,10 +629,15 @@ def fit_segmenter(pseudo_dir: str | Path, val_store: PairStore | None, output: s
         t, share = matched
         rule = threshold.matched_rule(floor_text, share, reference[1].threshold, calib.split,
                                       reference[2])
-    view = refine_view or RefineView(calib, tuple(config.scales), None)
-    refinement = Refinement(threshold=round(refined_threshold(
-        fitted.network, view.store, fitted.normalization, device, view.scales,
-        config.batch_size, Refinement(), t, floor), 4))
+    if refine_view is None:
+        view, raw = RefineView(calib, tuple(config.scales), None), hist.changed + hist.unchanged
+    else:
+        view = refine_view
+        seen, refined = calibration_histograms(fitted.network, view.store, fitted.normalization,
+                                               device, view.scales, config.batch_size,
+                                               Refinement())
+        raw = seen.changed + seen.unchanged
+    refinement = Refinement(threshold=round(refined_threshold(raw, refined, t, floor), 4))
     progress.update("stage 2: calibrate threshold", 1, 1,
                     f"threshold {t:.3f}, refined maps {refinement.threshold:.3f}")
     labels = store.pairs.labels
