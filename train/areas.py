@@ -8,6 +8,7 @@ tiles lying entirely inside it, as many as its size allows. Only windows are rea
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,8 @@ class AreaStore:
             for i, (win, _) in enumerate(windows):
                 a, b, _valid = pair.read(win)
                 self._a[i], self._b[i] = (_fit(x, tile, dtype) for x in (a, b))
+        self._rasters = (t1, t2, count)
+        self._windows = [win for win, _ in windows]
         self.shape = self._a.shape[1:]
         self.dtype = self._a.dtype
         self.labels = ys
@@ -155,10 +158,21 @@ class AreaStore:
     def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._a[indices], self._b[indices]
 
+    def read_at(self, indices: Sequence[int], size: int
+                ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """The windows of ``indices`` read again, one at a time, each fitted to ``size`` px:
+        at the rasters' own pixels (``size`` = the window) where the tiles were reduced."""
+        t1, t2, count = self._rasters
+        with RasterPair(t1, t2, None, count) as pair:
+            for i in indices:
+                a, b, _valid = pair.read(self._windows[i])
+                yield int(i), _fit(a, size, self.dtype), _fit(b, size, self.dtype)
+
     def take(self, indices: np.ndarray, split: str) -> AreaStore:
         """A subset (e.g. a validation split) sharing nothing mutable with this one."""
         other = object.__new__(AreaStore)
         other._a, other._b = self._a[indices], self._b[indices]
+        other._rasters, other._windows = self._rasters, [self._windows[i] for i in indices]
         other.shape, other.dtype, other.labels, other.split = (self.shape, self.dtype,
                                                                 self.labels[indices], split)
         return other

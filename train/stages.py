@@ -90,6 +90,9 @@ def segmenter_start(config: TrainConfig) -> str | None:
 
 
 TILES, STAGE1, PSEUDO = "tiles", "stage1.safetensors", "pseudo"
+NATIVE = "native"
+"""The sub-folder of the GIS form's ``tiles/`` with its val windows at the rasters' own
+pixels, where the tiles are reduced (:func:`write_area_tiles`)."""
 STEPS = (TILES, STAGE1, PSEUDO)
 """What the first finished steps leave in the work folder (each written whole or not at
 all; the later rounds' files come only after them)."""
@@ -225,7 +228,8 @@ def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | 
               native_resolution: bool = False) -> SegmenterFit:
     """Both stages on tiles sampled inside drawn label areas (kept in ``tiles/``); on
     rasters finer than the start model's training data each tile covers the ground of
-    ``tile_size`` pixels at its resolution, unless ``native_resolution``."""
+    ``tile_size`` pixels at its resolution, unless ``native_resolution``, and the refined
+    maps' threshold is matched on the val windows at the rasters' own pixels."""
     output = Path(output)
     fit.check_output(output, overwrite)
     progress = progress or NullProgress()
@@ -243,9 +247,13 @@ def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | 
             write_area_tiles(t1, t2, labels, tiles, tile_size, samples, config.seed,
                              fit.area_window(tile_size, factor))
             progress.update("sample tiles", 1, 1)
+        view = None
+        if (tiles / NATIVE / "list" / "val_label.txt").is_file():
+            view = RefineView(PairStore(TileFolder.open(tiles / NATIVE, "val")),
+                              reduced_scales(stage2.scales, factor), pixel)
         return _run(tiles, output, config, stage2, rounds, work, progress,
                     fit.data_summary({"t1": str(t1), "t2": str(t2), "labels": str(labels)},
-                                     pixel, factor))
+                                     pixel, factor), view)
 
 
 def _config_dict(config: TrainConfig) -> dict:
@@ -257,7 +265,10 @@ def write_area_tiles(t1: str | Path, t2: str | Path, labels: str | Path, root: P
                      window: int | None = None) -> Path:
     """The tiles the GIS form samples (windows of ``window`` t1 pixels, by default
     ``tile_size``, reduced to ``tile_size``), as a tile folder (GeoTIFF tiles without a
-    grid): train, and val (15 %, when that leaves both labels in it). Written all at once."""
+    grid): train, and val (15 %, when that leaves both labels in it). Where the windows are
+    reduced, the val windows also at the rasters' own pixels, in ``native/``: the refined
+    maps' threshold is matched on pixels like those ``detect`` refines (:class:`RefineView`).
+    Written all at once."""
     from kdmsi_train.areas import AreaStore
 
     store = AreaStore(Path(t1), Path(t2), Path(labels), tile_size, samples, seed,
@@ -277,5 +288,13 @@ def write_area_tiles(t1: str | Path, t2: str | Path, labels: str | Path, root: P
         for split, idx in splits.items():
             (tmp / "list" / f"{split}_label.txt").write_text(
                 "".join(f"tile_{i:05d}.tif,{int(store.labels[i])}\n" for i in idx))
+        if window is not None and window != tile_size and "val" in splits:
+            native = tmp / NATIVE
+            for sub in ("A", "B", "list"):
+                (native / sub).mkdir(parents=True)
+            for i, a, b in store.read_at(splits["val"], window):
+                for sub, x in (("A", a), ("B", b)):
+                    write_tile(native / sub / f"tile_{i:05d}.tif", x)
+            shutil.copy(tmp / "list" / "val_label.txt", native / "list" / "val_label.txt")
     return root
 

@@ -17,10 +17,10 @@ ORIGIN = (500000.0, 5400000.0)
 PX = 0.5
 
 
-def _tif(path, array, crs="EPSG:32633"):
+def _tif(path, array, crs="EPSG:32633", px=PX):
     with rasterio.open(path, "w", driver="GTiff", width=array.shape[2], height=array.shape[1],
                        count=array.shape[0], dtype=array.dtype, crs=crs,
-                       transform=from_origin(*ORIGIN, PX, PX)) as ds:
+                       transform=from_origin(*ORIGIN, px, px)) as ds:
         ds.write(array)
 
 
@@ -30,9 +30,9 @@ def _gpkg(path, geoms, changed, crs="EPSG:32633", field="changed"):
         driver="GPKG")
 
 
-def _world(col, row, size):
-    x0, y0 = ORIGIN[0] + col * PX, ORIGIN[1] - row * PX
-    return shapely.box(x0, y0 - size * PX, x0 + size * PX, y0)
+def _world(col, row, size, px=PX):
+    x0, y0 = ORIGIN[0] + col * px, ORIGIN[1] - row * px
+    return shapely.box(x0, y0 - size * px, x0 + size * px, y0)
 
 
 @pytest.fixture
@@ -74,6 +74,48 @@ def test_windows_that_cover_more_ground_are_reduced_to_the_tile(scene):
                   window=200)  # the unchanged area is 180 px wide
 
 
+@pytest.fixture
+def fine_scene(tmp_path):
+    """Rasters at 0.25 m, twice as fine as the embedded model's data, with eight changed
+    blocks and an unchanged half."""
+    rng = np.random.default_rng(1)
+    t1 = (rng.normal(110, 12, (3, 640, 640))).clip(0, 255).astype(np.uint8)
+    t2 = (t1 * 0.95 + rng.normal(0, 4, t1.shape)).clip(0, 255).astype(np.uint8)
+    blocks = [(col, row) for row in (100, 230) for col in (100, 230, 360, 490)]
+    for col, row in blocks:
+        t2[:, row:row + 20, col:col + 24] = 230
+    _tif(tmp_path / "t1.tif", t1, px=0.25)
+    _tif(tmp_path / "t2.tif", t2, px=0.25)
+    areas = [_world(c - 4, r - 4, 32, 0.25) for c, r in blocks] + [_world(10, 340, 290, 0.25)]
+    _gpkg(tmp_path / "areas.gpkg", areas, [1] * len(blocks) + [0])
+    return tmp_path
+
+
+def test_reduced_gis_tiles_keep_their_val_windows_at_the_rasters_pixels(fine_scene, tmp_path):
+    from kdmsi_train.datasets import PairStore, TileFolder
+    from kdmsi_train.reduce import reduce_tile
+    from kdmsi_train.stages import NATIVE, write_area_tiles
+
+    s = fine_scene
+    root = write_area_tiles(s / "t1.tif", s / "t2.tif", s / "areas.gpkg", tmp_path / "tiles",
+                            64, 40, seed=0, window=128)
+    val, native = TileFolder.open(root, "val"), TileFolder.open(root / NATIVE, "val")
+    assert native.names == val.names and np.array_equal(native.labels, val.labels)
+    assert val.labels.min() == 0 and val.labels.max() == 1
+    assert not (root / NATIVE / "list" / "train_label.txt").exists()
+    small, full = PairStore(val), PairStore(native)
+    assert small.shape[1:] == (64, 64) and full.shape[1:] == (128, 128)
+    for i in range(len(val)):  # the same ground: the native window reduced is the tile
+        a_small, _ = small.batch(np.array([i]))
+        a_full, b_full = full.batch(np.array([i]))
+        assert np.abs(reduce_tile(a_full[0], 0.5).astype(int) - a_small[0]).mean() < 8
+        if val.labels[i]:
+            assert (b_full[0] > 200).all(axis=0).sum() == pytest.approx(20 * 24, rel=0.1)
+    unreduced = write_area_tiles(s / "t1.tif", s / "t2.tif", s / "areas.gpkg",
+                                 tmp_path / "same", 128, 40, seed=0, window=128)
+    assert not (unreduced / NATIVE).exists()  # at the rasters' pixels already
+
+
 def test_train_gis_form_writes_a_loadable_checkpoint(scene):
     out = scene / "m.safetensors"
     result = CliRunner().invoke(cli, [
@@ -109,3 +151,22 @@ def test_downscaled_float_windows_keep_their_fractions():
     x = np.array([[[0.1, 0.2], [0.3, 0.4]]], dtype=np.float32)
     assert _fit(x, 1, np.dtype("float32"))[0, 0, 0] == pytest.approx(0.25)
     assert _fit(x * 10 + 0.2, 1, np.dtype("uint16"))[0, 0, 0] == 3  # integers are rounded
+
+
+@pytest.mark.slow
+def test_gis_form_on_finer_rasters_matches_the_refined_threshold_at_their_pixels(fine_scene):
+    from kdmsi_core.checkpoint import read_card
+
+    s, out = fine_scene, fine_scene / "m.safetensors"
+    result = CliRunner().invoke(cli, [
+        "train", "--t1", str(s / "t1.tif"), "--t2", str(s / "t2.tif"), "--labels",
+        str(s / "areas.gpkg"), "--tile-size", "64", "--samples", "40", "--epochs", "1",
+        "--stage2-epochs", "1", "--rounds", "1", "--batch-size", "8", "--device", "cpu",
+        "-o", str(out), "--progress", "none"])
+    assert result.exit_code == 0, result.output
+    card = read_card(out)
+    assert card.kind == "segmenter" and card.pixel_size == 0.5 and card.tile_size == 64
+    # read as detect reads 0.25-m imagery for this model: its own pixels at half the scales
+    assert card.training["refined_threshold_on"] == {
+        "split": "val", "scales": [x / 2 for x in card.scales], "pixel_size": 0.25}
+    assert 0 < card.refine.threshold < 1
