@@ -172,7 +172,8 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     where the run refines and the card has one); pixels above ``low_threshold``
     (at most the threshold; default the threshold: no growth) join a change they touch
     (:mod:`~kdmsi_core.hysteresis`); ``refine_radius`` replaces the radius of the model's
-    edge-aware refinement (0: none; :mod:`~kdmsi_core.refine`); ``min_area`` is in m²
+    edge-aware refinement (0: none; by default the card's, widened on imagery read at a
+    reduced size: :func:`~kdmsi_core.refine.for_run`); ``min_area`` is in m²
     (default :func:`~kdmsi_core.vectorize.default_min_area`: two cells of the model's output
     grid at the pixel size it reads the imagery at);
     ``batch_size`` defaults to :func:`default_batch_size`. Imagery finer than the model's
@@ -200,7 +201,6 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     threshold = (change_threshold(card.threshold, refinement) if threshold is None
                  else float(threshold))
     low = lower_threshold(threshold, low_threshold)
-    radius = refinement.radius if refinement else 0
     targets = [output, prob_path] + ([mask_path] if mask_path else [])
 
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), stop_on_signals(), \
@@ -211,6 +211,8 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
         pixel = ground_pixel_size(grid.crs, grid.transform, grid.width, grid.height)
         scales, factor = run_scales(card.scales, card.pixel_size, pixel, scales,
                                     match_resolution)
+        refinement = for_run(card.refine, refine_radius, factor)
+        radius = refinement.radius if refinement else 0
         if min_area is None:
             min_area = default_min_area(card.map_stride, pixel, factor)
         tile_size, overlap = reduced_tiling(

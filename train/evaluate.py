@@ -64,7 +64,7 @@ def evaluate(data_dir: str | Path, model: str | Path | None = None, split: str =
     pixel = pixel_size if pixel_size is not None else folder_pixel_size(data_dir)
     used_scales, factor = run_scales(card.scales, card.pixel_size, pixel, scales or None,
                                      match_resolution)
-    refinement = for_run(card.refine, refine_radius)
+    refinement = for_run(card.refine, refine_radius, factor)
     runs = {"msi": (used_scales, True), "single": ((1.0,), False)}  # scales, flip
     thresholds = dict.fromkeys([*runs, *(["msi_raw"] if refinement else [])], t)
     if threshold is None:  # refined maps are cut where the card says, as detect cuts them

@@ -551,6 +551,9 @@ class RefineView:
     pixel_size: float | None
     """The pairs' pixel size in metres where they are not the training tiles (recorded in
     the card); None for the training tiles' own."""
+    refinement: Refinement = Refinement()
+    """The refinement as ``detect`` runs it on such pairs (its radius widened with the
+    scales: :func:`kdmsi_core.refine.for_run`)."""
 
 
 def refined_threshold(raw: np.ndarray, refined: np.ndarray, t: float, floor: float) -> float:
@@ -635,7 +638,7 @@ def fit_segmenter(pseudo_dir: str | Path, val_store: PairStore | None, output: s
         view = refine_view
         seen, refined = calibration_histograms(fitted.network, view.store, fitted.normalization,
                                                device, view.scales, config.batch_size,
-                                               Refinement())
+                                               view.refinement)
         raw = seen.changed + seen.unchanged
     refinement = Refinement(threshold=round(refined_threshold(raw, refined, t, floor), 4))
     progress.update("stage 2: calibrate threshold", 1, 1,
@@ -658,7 +661,8 @@ def fit_segmenter(pseudo_dir: str | Path, val_store: PairStore | None, output: s
             "model_selection": SELECTION if val_store is not None else "last epoch",
             "threshold_image_rule": round(image_rule, 4),
             "refined_threshold_on": {"split": view.store.split, "scales": list(view.scales),
-                                     "pixel_size": view.pixel_size},
+                                     "pixel_size": view.pixel_size,
+                                     "radius": view.refinement.radius},
             "start_flagged_share": matched[1] if matched is not None else None,
             "pseudo_labels": store.summary,
             "epochs": fitted.history[-1]["epoch"], "best_epoch": fitted.best_epoch,

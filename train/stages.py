@@ -29,6 +29,7 @@ import numpy as np
 from kdmsi_core.checkpoint import has_first_stage
 from kdmsi_core.errors import OutputError
 from kdmsi_core.progress import NullProgress, Progress
+from kdmsi_core.refine import Refinement, for_run
 from kdmsi_core.resolution import reduced_scales
 from kdmsi_train import fit
 from kdmsi_train.datasets import (
@@ -215,7 +216,8 @@ def fit_tile_folder(data_dir: str | Path, output: str | Path, config: TrainConfi
             if (data_dir / "list" / "val_label.txt").is_file():
                 # the refined maps' threshold is matched on the pixels detect will refine
                 view = RefineView(PairStore(TileFolder.open(data_dir, "val")),
-                                  reduced_scales(stage2.scales, factor), pixel)
+                                  reduced_scales(stage2.scales, factor), pixel,
+                                  for_run(Refinement(), None, factor))
         return _run(tiles, output, config, stage2, rounds, work, progress,
                     fit.data_summary({"data": str(data_dir)}, pixel, factor), view)
 
@@ -250,7 +252,8 @@ def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | 
         view = None
         if (tiles / NATIVE / "list" / "val_label.txt").is_file():
             view = RefineView(PairStore(TileFolder.open(tiles / NATIVE, "val")),
-                              reduced_scales(stage2.scales, factor), pixel)
+                              reduced_scales(stage2.scales, factor), pixel,
+                              for_run(Refinement(), None, factor))
         return _run(tiles, output, config, stage2, rounds, work, progress,
                     fit.data_summary({"t1": str(t1), "t2": str(t2), "labels": str(labels)},
                                      pixel, factor), view)

@@ -67,7 +67,8 @@ scales_opt = click.option(
 refine_radius_opt = click.option(
     "--refine-radius", type=int, default=None, metavar="PX",
     help="Radius in pixels of the edge-aware refinement that moves the change outlines onto "
-         "the images' edges; 0 turns it off [default: the model's].")
+         "the images' edges; 0 turns it off [default: the model's, widened on imagery finer "
+         "than its training data to cover the same ground].")
 overwrite_opt = click.option(
     "--overwrite", is_flag=True, default=False, help="Replace existing output files.")
 progress_opt = click.option(

@@ -112,6 +112,17 @@ def test_run_radius_replaces_the_cards() -> None:
             for_run(card, bad)
 
 
+def test_the_cards_radius_covers_the_same_ground_on_imagery_read_reduced() -> None:
+    card = Refinement(radius=12, eps=0.002, step=4, threshold=0.3)
+    # 0.25-m imagery read at half its size by a 0.5-m model: twice the pixels per window
+    assert for_run(card, None, 0.5) == Refinement(24, 0.002, 4, 0.3)
+    assert for_run(card, None, 0.3).radius == 40  # 0.15 m
+    assert for_run(card, None, 0.1).radius == 64  # at most REFINE_RADIUS_MAX
+    assert for_run(card, None, 1.0) is card  # read as it is (coarser imagery too)
+    assert for_run(card, 12, 0.5).radius == 12  # a radius given is in the imagery's pixels
+    assert for_run(card, 0, 0.5) is None and for_run(None, None, 0.5) is None
+
+
 def test_refined_maps_are_cut_at_their_own_threshold_where_the_card_has_one() -> None:
     card = Refinement(threshold=0.3)
     assert change_threshold(0.4, for_run(card, None)) == 0.3

@@ -106,6 +106,19 @@ def test_detect_reads_finer_imagery_at_the_models_resolution(tmp_path: Path,
     assert (chosen.tile_size, chosen.overlap) == (128, 16)
 
 
+def test_the_embedded_models_refinement_covers_its_ground_on_finer_imagery(
+        tmp_path: Path) -> None:
+    t1, t2 = _fine_pair(tmp_path, 0.25)  # the embedded model learnt at 0.5 m, radius 12 px
+    s = detect(t1, t2, tmp_path / "c.gpkg", mask=tmp_path / "m.tif")
+    assert s.resolution_factor == pytest.approx(0.5) and s.refine_radius == 24
+    with rasterio.open(tmp_path / "m.tif") as ds:
+        assert ds.tags()["kdmsi_refine_radius"] == "24"
+    given = detect(t1, t2, tmp_path / "g.gpkg", refine_radius=12)
+    assert given.refine_radius == 12
+    native = detect(t1, t2, tmp_path / "n.gpkg", match_resolution=False)
+    assert native.resolution_factor == 1.0 and native.refine_radius == 12
+
+
 def test_coarser_imagery_and_models_without_a_pixel_size_run_as_they_are(
         tmp_path: Path, metre_model: Path, difference_model: Path) -> None:
     t1, t2 = _fine_pair(tmp_path, 2.0)

@@ -168,5 +168,6 @@ def test_gis_form_on_finer_rasters_matches_the_refined_threshold_at_their_pixels
     assert card.kind == "segmenter" and card.pixel_size == 0.5 and card.tile_size == 64
     # read as detect reads 0.25-m imagery for this model: its own pixels at half the scales
     assert card.training["refined_threshold_on"] == {
-        "split": "val", "scales": [x / 2 for x in card.scales], "pixel_size": 0.25}
+        "split": "val", "scales": [x / 2 for x in card.scales], "pixel_size": 0.25,
+        "radius": 2 * card.refine.radius}
     assert 0 < card.refine.threshold < 1

@@ -80,7 +80,8 @@ def test_train_on_finer_tiles_learns_at_the_models_resolution(fine, tmp_path):
     # the refined maps' threshold is matched on the val pairs as detect reads and refines
     # them: on their own 0.25-m pixels, at half the card's scales
     assert card.training["refined_threshold_on"] == {
-        "split": "val", "scales": [s / 2 for s in card.scales], "pixel_size": 0.25}
+        "split": "val", "scales": [s / 2 for s in card.scales], "pixel_size": 0.25,
+        "radius": 2 * card.refine.radius}  # the windows widened as detect widens them
     assert 0 < card.refine.threshold < 1
     info = CliRunner().invoke(cli, ["info", str(out)]).output
     assert "Pixel size: 0.5 m, its training data's (0.25-m pixels reduced to it)" in info
@@ -92,7 +93,8 @@ def test_train_on_finer_tiles_learns_at_the_models_resolution(fine, tmp_path):
     assert card.pixel_size == 0.25 and card.tile_size == 64
     assert "resolution_factor" not in card.training
     assert card.training["refined_threshold_on"] == {
-        "split": "val", "scales": list(card.scales), "pixel_size": None}
+        "split": "val", "scales": list(card.scales), "pixel_size": None,
+        "radius": card.refine.radius}
     assert not (tmp_path / "n.stages" / "tiles").exists()
     one = tmp_path / "one.safetensors"  # the first stage alone reduces in a passing folder
     result = CliRunner().invoke(cli, ["train", str(fine), "-o", str(one), "--stages", "1",
