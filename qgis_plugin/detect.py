@@ -82,7 +82,8 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
                          "is fitted to both images, so that outlines follow the images' "
                          "edges (a changed roof's outline, not a blob around it). 0 turns it "
                          "off. Default (empty): the model's setting (12 px for the default "
-                         "model; none for models without one).",
+                         "model at its 0.5-m pixels, widened on finer imagery to cover the "
+                         "same ground, e.g. 40 px at 0.15 m; none for models without one).",
         "MIN_AREA": "Change regions smaller than this many square metres are dropped. "
                     "Default (empty): 2 cells of the model's output grid at "
                     "the pixel size it runs at: T1's, or the model's own on finer imagery "
@@ -228,9 +229,13 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
                      "grid at the pixel size it read T1 at.")
         factor = float(summary.get("resolution_factor", 1.0))
         if factor < 1.0:
+            radius = int(summary.get("refine_radius", 0))
+            widened = (f"; outline refinement windows widened to {radius} px to cover the same "
+                       "ground" if radius and not is_set(parameters.get("REFINE_RADIUS"))
+                       else "")
             log.info(f"T1's pixels ({summary['pixel_size_m']:g} m) are finer than the model's: "
                      f"it ran on them reduced to {factor:g} of their size, scales "
-                     f"{', '.join(f'{s:g}' for s in summary['scales'])}.")
+                     f"{', '.join(f'{s:g}' for s in summary['scales'])}{widened}.")
         self._span = probability_range(probability, threshold)
         log.info(f"Colours run from the threshold {self._span.low:.3f} to {self._span.high:.3f}, "
                  "the 95th percentile of the probabilities above it.")

@@ -202,6 +202,7 @@ def test_finer_imagery_runs_at_the_models_resolution_unless_asked(plugin,
     assert "--native-resolution" not in feedback.commands[-1]
     said = [m for m in feedback.log if "finer than the model's" in m]
     assert len(said) == 1 and "0.25 m" in said[0] and "scales 0.5, 0.75" in said[0]
+    assert "windows widened to 24 px" in said[0]  # the embedded model's 12 px at 0.5 m
     # no speck smaller than the grid the model ran on: 2 cells of 4 pixels of 0.5 m, the
     # core's default, which the log states
     assert "--min-area" not in feedback.commands[-1]
