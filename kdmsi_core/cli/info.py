@@ -54,8 +54,9 @@ def card_lines(record: dict) -> list[str]:
                  if pixel else "Pixel size: not recorded; imagery runs on its own pixels")
     refine = record.get("refine")
     lines.append(f"Outline refinement: guided filter, both dates as guide, radius "
-                 f"{refine['radius']} px, eps {refine['eps']:g}" if refine
-                 else "Outline refinement: none")
+                 f"{refine['radius']} px, eps {refine['eps']:g}"
+                 + (f" (pixels of {pixel:g} m: wider on finer imagery, the same ground)"
+                    if pixel else "") if refine else "Outline refinement: none")
     if training:
         epochs = training.get("epochs") or config.get("epochs") or "?"
         lines.append(f"Trained: {epochs} epoch{'' if epochs == 1 else 's'}, best epoch "

@@ -48,7 +48,8 @@ def test_text_card_names_what_a_user_needs() -> None:
                              "its training data's fell")
     assert lines[6] == "Pixel size: 0.5 m, its training data's; finer imagery is read at it"
     assert lines[7] == ("Outline refinement: guided filter, both dates as guide, radius "
-                        "12 px, eps 0.001")
+                        "12 px, eps 0.001 (pixels of 0.5 m: wider on finer imagery, the same "
+                        "ground)")
     # the embedded segmenter is the recipe's last round's: the long one after fine-tuning
     rounds = RECIPE_ROUNDS + FINETUNE_ROUNDS + 1
     assert lines[8].endswith(f"round {rounds} of {rounds}, on the pseudo labels "
