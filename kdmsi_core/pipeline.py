@@ -197,9 +197,9 @@ def detect(t1: str | os.PathLike, t2: str | os.PathLike, output: str | os.PathLi
     stride = card.network.output_stride
     check_tiling(DEFAULT_TILE_SIZE if tile_size is None else tile_size,
                  DEFAULT_OVERLAP if overlap is None else overlap, stride)
-    refinement = for_run(card.refine, refine_radius)
-    threshold = (change_threshold(card.threshold, refinement) if threshold is None
-                 else float(threshold))
+    # whether the run refines is known now; its radius once the imagery's pixel size is
+    threshold = (change_threshold(card.threshold, for_run(card.refine, refine_radius))
+                 if threshold is None else float(threshold))
     low = lower_threshold(threshold, low_threshold)
     targets = [output, prob_path] + ([mask_path] if mask_path else [])
 

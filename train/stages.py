@@ -151,6 +151,16 @@ def _work(output: Path, settings: dict, overwrite: bool) -> Iterator[Path]:
         raise
 
 
+def native_view(folder: Path, stage2: Stage2Config, factor: float, pixel: float
+                ) -> RefineView:
+    """The val pairs of ``folder``, at the data's own pixels where training reduces them by
+    ``factor``, read and refined as ``detect`` reads and refines such imagery (scales
+    reduced, windows widened): where the refined maps' threshold is matched."""
+    return RefineView(PairStore(TileFolder.open(folder, "val")),
+                      reduced_scales(stage2.scales, factor), pixel,
+                      for_run(Refinement(), None, factor))
+
+
 def _run(data_dir: Path, output: Path, config: TrainConfig, stage2: Stage2Config,
          rounds: int, work: Path, progress: Progress, summary: dict,
          refine_view: RefineView | None = None) -> SegmenterFit:
@@ -214,10 +224,7 @@ def fit_tile_folder(data_dir: str | Path, output: str | Path, config: TrainConfi
                 write_reduced_tiles(data_dir, tiles, factor)
                 progress.update("reduce tiles", 1, 1, f"to {factor:g} of their size")
             if (data_dir / "list" / "val_label.txt").is_file():
-                # the refined maps' threshold is matched on the pixels detect will refine
-                view = RefineView(PairStore(TileFolder.open(data_dir, "val")),
-                                  reduced_scales(stage2.scales, factor), pixel,
-                                  for_run(Refinement(), None, factor))
+                view = native_view(data_dir, stage2, factor, pixel)
         return _run(tiles, output, config, stage2, rounds, work, progress,
                     fit.data_summary({"data": str(data_dir)}, pixel, factor), view)
 
@@ -251,9 +258,7 @@ def fit_areas(t1: str | Path, t2: str | Path, labels: str | Path, output: str | 
             progress.update("sample tiles", 1, 1)
         view = None
         if (tiles / NATIVE / "list" / "val_label.txt").is_file():
-            view = RefineView(PairStore(TileFolder.open(tiles / NATIVE, "val")),
-                              reduced_scales(stage2.scales, factor), pixel,
-                              for_run(Refinement(), None, factor))
+            view = native_view(tiles / NATIVE, stage2, factor, pixel)
         return _run(tiles, output, config, stage2, rounds, work, progress,
                     fit.data_summary({"t1": str(t1), "t2": str(t2), "labels": str(labels)},
                                      pixel, factor), view)
