@@ -7,6 +7,7 @@ source folder, and it runs the real ``kdmsi-geo`` of this environment (or the on
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import os
@@ -74,11 +75,14 @@ def plugin_module(plugin_zip: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="session")
 def plugin(qgis_iface, qgis_processing, plugin_module: ModuleType) -> Iterator[object]:
-    """The plugin after QGIS's ``classFactory`` and ``initGui``."""
+    """The plugin after QGIS's ``classFactory`` and ``initGui``; after its ``unload``, the
+    Python wrappers of QGIS objects that the tests left in reference cycles are collected
+    while QGIS still runs (collected after ``exitQgis`` they crash the interpreter)."""
     instance = plugin_module.classFactory(qgis_iface)
     instance.initGui()
     yield instance
     instance.unload()
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)
