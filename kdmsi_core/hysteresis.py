@@ -6,9 +6,10 @@ steps long, links it to one above the threshold: a change keeps the weaker rim a
 parts that a segmenter trained on pseudo labels (which mark the surest core of each change)
 leaves below the threshold, while weak pixels alone stay out. Bounding the path keeps the
 rule local, so that strips and tiles decide it exactly with a margin of :data:`GROW_PX`
-pixels, and a weak halo cannot creep along a road. It is an option, not the default: on
-scenes like the embedded model's training scenes it adds 1.5 to 3.6 F1 points, but it
-costs as much on 1-m pixels and on dense 16-bit scenes (see docs/measurements.md).
+pixels, and a weak halo cannot creep along a road. It is an option, not the default: it
+helped raw maps, but the refined maps ``detect`` thresholds already reach each change's
+edges, and on them it costs F1 on most imagery (see docs/measurements.md). The bound is in
+the imagery's pixels: growing over the same ground on finer imagery did not help.
 """
 
 from __future__ import annotations

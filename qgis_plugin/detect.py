@@ -74,10 +74,11 @@ class DetectChangesAlgorithm(KdmsiAlgorithm):
         "THRESHOLD": "Probability above which a pixel counts as changed (0 to 1). "
                      "Default (empty): the threshold calibrated for the model.",
         "LOW_THRESHOLD": "Pixels above this probability, but not above the threshold, count "
-                         "as changed where they touch a change within 8 pixels, so that a "
-                         "change keeps its weaker rim (0 to the threshold). It helps where "
-                         "changes come out fragmented or thinner than they are, e.g. half "
-                         "the threshold. Default (empty): the threshold, plain thresholding.",
+                         "as changed where they touch a change within 8 pixels (0 to the "
+                         "threshold). The model's refined maps already reach each change's "
+                         "edges, so on most imagery this costs accuracy; try it, close to "
+                         "the threshold, only where changes come out fragmented or thinner "
+                         "than they are. Default (empty): the threshold, plain thresholding.",
         "REFINE_RADIUS": "Radius in pixels of the windows in which the change probability "
                          "is fitted to both images, so that outlines follow the images' "
                          "edges (a changed roof's outline, not a blob around it). 0 turns it "

@@ -40,7 +40,8 @@ def summary_message(summary: dict) -> str:
                    "where it has one and refines].")
 @click.option("--low-threshold", type=float, default=None,
               help="Pixels above this lower probability join a change they touch within 8 "
-                   "pixels, so that changes keep their weaker rim; 0..threshold "
+                   "pixels; 0..threshold. On the refined maps it mostly costs accuracy: try "
+                   "it, close to the threshold, where changes come out fragmented "
                    "[default: the threshold, plain thresholding].")
 @options.refine_radius_opt
 @click.option("--min-area", type=float, default=None,
